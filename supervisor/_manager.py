@@ -1,0 +1,506 @@
+"""The manager: a single-threaded process that forks, watches and stops every worker.
+
+It is the only process that forks workers, and it never starts a thread, so forking is safe
+whatever the owner (the user's process) is doing. Its loop is event-driven: one ``select`` over
+the owner's socket, every worker's pidfd and result pipe, and the SIGCHLD wakeup pipe; its
+timeout is the next ladder deadline. Each pass: dispatch what is ready, reap, climb the ladder,
+finish what is finished.
+
+Invariants:
+- a slot's ``state`` changes only in ``Slot.transition``, which also tells the owner;
+- a worker's pid is valid until this loop reaps it, so signalling it by pid cannot hit a stranger;
+- once a global stop has begun nothing new starts, and the stop only ever gets faster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _platform, _wire
+from ._shm import ControlBlock
+from ._spec import PoolSpec
+from ._worker import Placement, child_main
+from .containment import Containment
+from .errors import Failure
+from .ladder import Rung, Step, climb
+from .report import Outcome, TeardownReport, WorkerReport, WorkerState, WorkerStatus, signal_name
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+Waits = tuple[float | None, float | None]  # (grace_period, term_timeout); None: the pool's own
+TREE_RECHECK = 0.01  # seconds between checks of a tree whose worker is gone but whose members are not
+
+
+@dataclass
+class Settings:
+    strategy: str = "one_for_all"
+    max_restarts: int = 3
+    restart_window: float = 60.0
+
+
+@dataclass
+class Slot:
+    """One worker position (pool, index); it outlives restarts of the process in it."""
+
+    id: int
+    pool: PoolSpec
+    index: int
+    notify: Callable[[Slot], None]
+    state: WorkerState = WorkerState.STARTING
+    pid: int | None = None
+    pidfd: int | None = None
+    stop_w: int | None = None  # write end of the stop pipe; closed = "stop" for the worker
+    result_r: int | None = None  # read end of the worker's message pipe
+    reader: _wire.Reader = field(default_factory=_wire.Reader)
+    restarts: int = 0
+    exitcode: int | None = None
+    outcome: Outcome | None = None
+    failure: tuple[str, str, str, bytes | None] | None = None
+    rung: Rung | None = None  # set once this incarnation is asked to stop
+    tree: Rung | None = None  # ladder for what the worker left behind after it exited
+    signalled: set[int] = field(default_factory=set)  # descendants we sent TERM or KILL to
+    started_at: float | None = None
+    stop_since: float | None = None
+    exited_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.pool.name}.{self.index}"
+
+    def transition(self, new: WorkerState) -> None:
+        """The one place a worker's state changes (starting -> running -> stopping -> exited)."""
+        if new is self.state and new is not WorkerState.STARTING:
+            return
+        self.state = new
+        self.notify(self)
+
+    def status(self) -> WorkerStatus:
+        return WorkerStatus(
+            name=self.name,
+            pool=self.pool.name,
+            index=self.index,
+            pid=self.pid,
+            state=self.state.value,
+            restarts=self.restarts,
+            exitcode=self.exitcode,
+            started_at=self.started_at,
+        )
+
+    def report(self) -> WorkerReport:
+        seconds = None
+        if self.stop_since is not None and self.exited_at is not None:
+            seconds = max(0.0, self.exited_at - self.stop_since)
+        return WorkerReport(
+            name=self.name,
+            pool=self.pool.name,
+            index=self.index,
+            pid=self.pid,
+            outcome=(self.outcome or Outcome.COMPLETED).value,
+            exitcode=self.exitcode,
+            signal=signal_name(self.exitcode),
+            seconds=seconds,
+            descendants_killed=len(self.signalled - {self.pid}),
+        )
+
+
+def decide_outcome(step: Step, exitcode: int, failed: bool) -> Outcome:
+    """The ladder step in force at the exit decides; before any stop, the exit itself does."""
+    if step >= Step.KILL:
+        return Outcome.KILLED
+    if step >= Step.TERM:
+        return Outcome.TERMINATED
+    if failed:
+        return Outcome.FAILED
+    if step is Step.COOPERATIVE:
+        return Outcome.STOPPED
+    return Outcome.COMPLETED if exitcode == 0 else Outcome.CRASHED
+
+
+class Manager:
+    def __init__(
+        self, conn: socket.socket, control: ControlBlock, containment: Containment, run_id: str
+    ) -> None:
+        self.conn = conn
+        self.conn_reader = _wire.Reader()
+        self.control = control
+        self.containment = containment
+        self.run_id = run_id
+        self.settings = Settings()
+        self.sel = selectors.DefaultSelector()
+        self.slots: dict[int, Slot] = {}
+        self.by_pid: dict[int, Slot] = {}
+        self.pool_names: list[str] = []
+        self.spawns_seen = 0  # spawn commands processed; the owner's join() waits for this many
+        self.stop_since: float | None = None  # monotonic time of the global stop request
+        self.stop_reason: str | None = None
+        self.stop_waits: Waits = (None, None)  # the stop's overrides of every pool's (grace, term)
+        self.closing = False  # the owner asked us to exit once everything is gone (or it died)
+        self.idle_sent = False
+        self.last_exit: float | None = None
+        self.restart_times: list[float] = []
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def send(self, msg: Any) -> None:
+        if self.conn.fileno() < 0:
+            return
+        try:
+            self.conn.sendall(_wire.encode(msg))
+        except OSError:
+            self._owner_gone()
+
+    def _notify(self, slot: Slot) -> None:
+        self.send(("status", slot.status()))
+
+    def _manager_fds(self) -> list[int]:
+        """Every fd a new child must close: ours, and every other worker's."""
+        sel_fd = getattr(self.sel, "fileno", lambda: -1)()
+        fds = [self.conn.fileno(), self.wake_r, self.wake_w, sel_fd]
+        for s in self.slots.values():
+            fds.extend(fd for fd in (s.stop_w, s.result_r, s.pidfd) if fd is not None)
+        return [fd for fd in fds if isinstance(fd, int) and fd >= 0]
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wake_w)
+        for sig in STOP_SIGNALS:  # a signal sent to the manager itself starts a stop (see _drain_wakeups)
+            signal.signal(sig, lambda *_: None)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, self._drain_wakeups)
+        self.sel.register(self.conn, selectors.EVENT_READ, self._on_owner)
+        self.send(("hello", os.getpid(), self.containment.backend, _platform.HAVE_PIDFD))
+        while True:
+            for key, _ in self.sel.select(self._timeout()):
+                key.data()
+            self._reap()
+            self._climb()
+            if self._finish():
+                break
+        self.containment.close()
+
+    def _timeout(self) -> float | None:
+        times = [t for s in self.slots.values() for r in (s.rung, s.tree) if r is not None and (t := r.next_time()) is not None]
+        if any(s.tree is not None for s in self.slots.values()):
+            times.append(time.monotonic() + TREE_RECHECK)
+        if not times:
+            return None
+        return max(0.0, min(times) - time.monotonic())
+
+    def _drain_wakeups(self) -> None:
+        """Signals arrive here as bytes (``set_wakeup_fd``): SIGCHLD means "reap"; others stop."""
+        try:
+            data = os.read(self.wake_r, 4096)
+        except OSError:
+            return
+        for signum in set(data) & set(STOP_SIGNALS):
+            self._begin_stop(f"signal:{signal.Signals(signum).name}", (None, None))
+
+    # -- the owner ------------------------------------------------------------------------------
+
+    def _on_owner(self) -> None:
+        try:
+            chunk = self.conn.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._owner_gone()
+            return
+        for msg in self.conn_reader.feed(chunk):
+            self._command(msg)
+
+    def _owner_gone(self) -> None:
+        """The owner died (or hung up): everything dies now, no grace."""
+        if self.conn.fileno() >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(self.conn)
+            self.conn.close()
+        self.closing = True
+        self._begin_stop("owner-died", (0.0, 0.0))
+
+    def _command(self, msg: tuple[Any, ...]) -> None:
+        verb = msg[0]
+        if verb == "configure":
+            self.settings = msg[1]
+        elif verb == "spawn":
+            self._spawn(msg[1])
+        elif verb == "stop":
+            _, reason, waits = msg
+            self._begin_stop(reason, waits)
+        elif verb == "close":
+            self.closing = True
+            self._begin_stop("requested", (None, None))
+
+    def _spawn(self, pool: PoolSpec) -> None:
+        self.spawns_seen += 1
+        self.idle_sent = False
+        if self.stop_since is not None:
+            self.send(("spawned", self.spawns_seen, f"cannot start pool {pool.name!r}: the supervisor is stopping"))
+            return
+        if pool.name in self.pool_names:
+            self.send(("spawned", self.spawns_seen, f"a pool named {pool.name!r} exists already"))
+            return
+        self.pool_names.append(pool.name)
+        new = []
+        for index in range(pool.replicas):
+            slot = Slot(id=len(self.slots), pool=pool, index=index, notify=self._notify)
+            self.slots[slot.id] = slot
+            new.append(slot)
+        for slot in new:
+            self._start(slot)
+        self.send(("spawned", self.spawns_seen, None))
+
+    # -- starting -------------------------------------------------------------------------------
+
+    def _start(self, slot: Slot) -> None:
+        """Fork one incarnation of ``slot``; the child never returns here."""
+        self.control.reset_slot(slot.id)
+        procs = self.containment.prepare(slot.id)
+        stop_r, stop_w = os.pipe()
+        result_r, result_w = os.pipe()
+        placement = Placement(
+            pool=slot.pool,
+            index=slot.index,
+            slot=slot.id,
+            run_id=self.run_id,
+            manager_pid=os.getpid(),
+            stop_fd=stop_r,
+            result_fd=result_w,
+            cgroup_procs=procs,
+        )
+        private = self._manager_fds() + [stop_w, result_r]
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        pid = os.fork()
+        if pid == 0:
+            child_main(placement, self.control, private)
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)  # also done by the child; whichever runs first wins the race
+        os.close(stop_r)
+        os.close(result_w)
+        os.set_blocking(result_r, False)
+        slot.pid, slot.stop_w, slot.result_r = pid, stop_w, result_r
+        slot.reader = _wire.Reader()
+        slot.pidfd = _platform.pidfd_open(pid)
+        slot.exitcode = slot.outcome = slot.failure = slot.rung = None
+        slot.stop_since = slot.exited_at = None
+        slot.signalled = set()
+        slot.started_at = time.time()
+        self.by_pid[pid] = slot
+        self.containment.started(slot.id, pid)
+        self.sel.register(result_r, selectors.EVENT_READ, lambda s=slot: self._on_result(s))
+        if slot.pidfd is not None:
+            self.sel.register(slot.pidfd, selectors.EVENT_READ, self._noop)
+        slot.transition(WorkerState.STARTING)
+
+    @staticmethod
+    def _noop() -> None:
+        """A pidfd became readable: its worker exited; the reap pass that follows collects it."""
+
+    def _on_result(self, slot: Slot) -> None:
+        if slot.result_r is None:
+            return
+        msgs, eof = slot.reader.drain(slot.result_r)
+        for msg in msgs:
+            self._worker_message(slot, msg)
+        if eof:
+            self._close_fd(slot, "result_r")
+
+    def _worker_message(self, slot: Slot, msg: tuple[Any, ...]) -> None:
+        if msg[0] == "ready":
+            if slot.state is WorkerState.STARTING:
+                slot.transition(WorkerState.RUNNING)
+        elif msg[0] == "failed":
+            slot.failure = msg[1]
+        elif msg[0] == "stop":
+            self._begin_stop("requested", (None, None), exc=msg[1])
+
+    def _close_fd(self, slot: Slot, attr: str) -> None:
+        fd = getattr(slot, attr)
+        if fd is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(fd)
+        os.close(fd)
+        setattr(slot, attr, None)
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    def _waits(self, slot: Slot, waits: Waits | None = None) -> tuple[float, float]:
+        grace, term = waits or self.stop_waits
+        return (
+            slot.pool.grace_period if grace is None else grace,
+            slot.pool.term_timeout if term is None else term,
+        )
+
+    def _begin_stop(self, reason: str, waits: Waits, exc: Any = None) -> None:
+        """Start (or hasten) the global stop: every live worker climbs the ladder from now on."""
+        now = time.monotonic()
+        self.control.stop_all()
+        if self.stop_since is None:
+            self.stop_since, self.stop_reason, self.stop_waits = now, reason, waits
+            self.send(("stopping", reason, exc))
+        else:
+            self.stop_waits = tuple(  # type: ignore[assignment]
+                b if a is None else a if b is None else min(a, b) for a, b in zip(self.stop_waits, waits)
+            )
+        for slot in self.slots.values():
+            grace, term = self._waits(slot, waits)
+            if slot.state is not WorkerState.EXITED:
+                self._stop_slot(slot, now, grace, term)
+            if slot.tree is not None:
+                slot.tree.tighten(now, 0.0, term)
+
+    def _stop_slot(self, slot: Slot, now: float, grace: float, term: float) -> None:
+        """Ask one worker to stop (cooperative step) and put it on the ladder."""
+        if slot.rung is None:
+            slot.rung = Rung(slot.id, now, grace, term, Step.COOPERATIVE)
+            slot.stop_since = now
+            self.control.stop_slot(slot.id)
+            if slot.pool.argv is not None and slot.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, slot.pool.stop_signal)
+            self._close_fd(slot, "stop_w")
+            slot.transition(WorkerState.STOPPING)
+        else:
+            slot.rung.tighten(now, grace, term)
+
+    def _climb(self) -> None:
+        now = time.monotonic()
+        live = [s.rung for s in self.slots.values() if s.rung is not None and s.state is not WorkerState.EXITED]
+        trees = [s.tree for s in self.slots.values() if s.tree is not None]
+        if not live and not trees:
+            return
+        for rung, step in climb(live, now)[0]:
+            slot = self.slots[rung.key]
+            if slot.state is not WorkerState.EXITED:
+                self._signal_tree(slot, signal.SIGTERM if step is Step.TERM else signal.SIGKILL)
+        for rung, step in climb(trees, now)[0]:
+            self._signal_tree(self.slots[rung.key], signal.SIGTERM if step is Step.TERM else signal.SIGKILL)
+
+    def _signal_tree(self, slot: Slot, sig: int) -> None:
+        pid = slot.pid if slot.state is not WorkerState.EXITED else None
+        slot.signalled |= self.containment.signal(slot.id, pid, sig)
+
+    # -- exits ----------------------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = self.by_pid.pop(pid, None)
+            if slot is not None:
+                self._exited(slot, os.waitstatus_to_exitcode(status))
+
+    def _exited(self, slot: Slot, exitcode: int) -> None:
+        now = time.monotonic()
+        self._on_result(slot)  # whatever it wrote before dying is in the pipe now
+        for attr in ("result_r", "pidfd", "stop_w"):
+            self._close_fd(slot, attr)
+        self.containment.exited(slot.id)
+        step = slot.rung.step if slot.rung is not None else Step.NONE
+        slot.exitcode = exitcode
+        slot.exited_at = now
+        slot.outcome = decide_outcome(step, exitcode, slot.failure is not None)
+        self.last_exit = now
+        slot.transition(WorkerState.EXITED)
+        self._sweep_tree(slot, now)
+        if slot.outcome in (Outcome.FAILED, Outcome.CRASHED):
+            self.send(("failure", self._failure(slot)))
+        if step is Step.NONE:
+            self._apply_strategy(slot)
+
+    def _failure(self, slot: Slot) -> Failure:
+        if slot.failure is not None:
+            type_name, message, tb, _ = slot.failure
+            return Failure(slot.name, type_name, message, tb)
+        sig = signal_name(slot.exitcode)
+        what = f"killed by {sig}" if sig else f"exited with code {slot.exitcode}"
+        return Failure(slot.name, "WorkerCrashed", f"{slot.name} {what}", "")
+
+    def _sweep_tree(self, slot: Slot, now: float) -> None:
+        """End what a worker left behind: SIGTERM now, SIGKILL after its term timeout."""
+        if self.containment.members(slot.id, None):
+            term = self._waits(slot)[1]
+            slot.tree = Rung(slot.id, now, 0.0, term, Step.COOPERATIVE)
+            if slot.rung is not None:  # never later than the worker's own kill deadline
+                slot.tree.tighten(slot.rung.since, slot.rung.grace_period, slot.rung.term_timeout)
+        else:
+            self.containment.release(slot.id)
+
+    def _apply_strategy(self, slot: Slot) -> None:
+        """A worker ended before any stop: restart it, stop everyone, or let it be."""
+        assert slot.outcome is not None
+        failed = slot.outcome in (Outcome.FAILED, Outcome.CRASHED)
+        policy = slot.pool.restart
+        if policy == "always" or (policy == "on-failure" and failed):
+            now = time.monotonic()
+            window = self.settings.restart_window
+            self.restart_times = [t for t in self.restart_times if now - t < window] + [now]
+            if len(self.restart_times) > self.settings.max_restarts:
+                self._begin_stop("restarts exhausted", (None, None))
+                return
+            slot.restarts += 1
+            self._start(slot)
+        elif failed and self.settings.strategy == "one_for_all":
+            self._begin_stop("failure", (None, None))
+
+    # -- the end --------------------------------------------------------------------------------
+
+    def _trees_done(self) -> bool:
+        done = True
+        for slot in self.slots.values():
+            if slot.tree is None:
+                continue
+            if self.containment.members(slot.id, None):
+                done = False
+            else:
+                slot.tree = None
+                self.containment.release(slot.id)
+        return done
+
+    def _strays(self) -> bool:
+        """Once a global stop has ended every worker, SIGKILL anything of the run still alive."""
+        return self.stop_since is not None and self.containment.sweep()
+
+    def _finish(self) -> bool:
+        """Tell the owner when everything has ended; True when the manager should exit."""
+        if any(s.state is not WorkerState.EXITED for s in self.slots.values()):
+            return False
+        if not self._trees_done() or self._strays():
+            return False
+        if not self.idle_sent:
+            self.idle_sent = True
+            self.send(("idle", self.spawns_seen, self._report()))
+        return self.closing
+
+    def _report(self) -> TeardownReport:
+        workers = [s.report() for s in self.slots.values()]
+        failed = any(w.outcome in (Outcome.FAILED.value, Outcome.CRASHED.value) for w in workers)
+        if self.stop_reason is not None:
+            reason = self.stop_reason
+        else:
+            reason = "failure" if failed else "completed"
+        duration = 0.0
+        if self.stop_since is not None:
+            duration = max(0.0, (self.last_exit or self.stop_since) - self.stop_since)
+        ok = not failed and reason not in ("failure", "restarts exhausted", "owner-died")
+        return TeardownReport(ok=ok, reason=reason, duration=duration, workers=workers)

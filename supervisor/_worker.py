@@ -1,0 +1,136 @@
+"""Worker bootstrap: what a freshly forked child does before and after its target runs.
+
+Order matters: the child leaves the manager's process group, arms the parent-death signal and
+enrols in its cgroup before any user code can fork; only then does it load the target.
+Exit codes: 0 after a normal return or ``Stopped``; 1 after an uncaught exception (whose type,
+message and traceback went to the manager first); ``SystemExit`` codes are kept.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import NoReturn
+
+from . import _platform, _wire, containment
+from ._shm import ControlBlock
+from ._spec import PoolSpec
+from .context import WorkerContext, pack_exception
+from .errors import Stopped
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one incarnation of a worker lives."""
+
+    pool: PoolSpec
+    index: int
+    slot: int
+    run_id: str
+    manager_pid: int
+    stop_fd: int  # read end; EOF when asked to stop
+    result_fd: int  # write end of the pipe to the manager
+    cgroup_procs: str | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.pool.name}.{self.index}"
+
+
+def _detach_from_manager(p: Placement) -> None:
+    os.setpgid(0, 0)
+    if _platform.set_parent_death_signal(signal.SIGKILL) and os.getppid() != p.manager_pid:
+        os._exit(137)  # the manager died before the prctl took effect
+    containment.enrol(p.cgroup_procs)
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    atexit._clear()
+    os.environ.update(p.pool.env)
+    os.environ[containment.SLOT_ENV] = f"{p.run_id}:{p.slot}"
+    os.environ["SUPERVISOR_WORKER"] = p.name
+
+
+def child_main(p: Placement, control: ControlBlock, manager_fds: list[int]) -> NoReturn:
+    """Runs in the forked child; never returns."""
+    code = 1
+    try:
+        for fd in manager_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _detach_from_manager(p)
+        if p.pool.argv is not None:
+            _wire.send(p.result_fd, ("ready",))
+            try:
+                os.execvp(p.pool.argv[0], list(p.pool.argv))
+            except OSError as exc:
+                print(f"supervisor: cannot run {p.pool.argv[0]!r}: {exc}", file=sys.stderr)
+                code = 127
+        else:
+            code = _run_target(p, control)
+    except BaseException:  # noqa: BLE001 - the bootstrap itself must never escape into the manager's loop
+        traceback.print_exc()
+    finally:
+        _flush()
+        os._exit(code)
+
+
+def _run_target(p: Placement, control: ControlBlock) -> int:
+    import dill
+
+    ctx = WorkerContext(
+        name=p.name,
+        pool=p.pool.name,
+        index=p.index,
+        slot=p.slot,
+        control=control,
+        stop_fd=p.stop_fd,
+        result_fd=p.result_fd,
+    )
+    if p.pool.sys_path:
+        sys.path[:] = p.pool.sys_path
+    code = 0
+    try:
+        assert p.pool.payload is not None
+        target, args, kwargs = dill.loads(p.pool.payload)
+        _wire.send(p.result_fd, ("ready",))
+        target(ctx, *args, **kwargs)
+    except Stopped:
+        code = 0
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except BaseException as exc:  # noqa: BLE001 - every failure is reported, KeyboardInterrupt included
+        _wire.send(p.result_fd, ("failed", pack_exception(exc)))
+        code = 1
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]  # join non-daemon threads, as Python does at exit
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+    return code
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass

@@ -1,0 +1,347 @@
+"""``Supervisor``: the owner's handle on a guardian, a manager and their workers.
+
+The owner never forks. It starts the guardian with ``subprocess`` (fork+exec, safe in threaded
+programs), then talks to the manager over a socket: commands go out, state changes come back and
+are mirrored here by one reader thread. Stop flags live in shared memory, so ``should_stop()`` and
+``request_stop()`` act at once, before the manager even hears of them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from . import _shm, _wire
+from ._manager import Settings
+from ._spec import RESTART_POLICIES, START_METHODS, STRATEGIES, PoolSpec, check_duration, parse_signal
+from .context import unpack_exception
+from .errors import Failure, WorkerFailed
+from .report import TeardownReport, WorkerStatus
+
+START_TIMEOUT = 60.0  # seconds to wait for the manager's hello before giving up
+_live: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+
+
+class Supervisor:
+    """Starts worker processes and guarantees their teardown (see the README's ladder)."""
+
+    def __init__(
+        self,
+        *,
+        grace_period: float = 5.0,
+        term_timeout: float = 5.0,
+        strategy: str = "one_for_all",
+        max_restarts: int = 3,
+        restart_window: float = 60.0,
+        cgroups: bool = True,
+    ) -> None:
+        check_duration("grace_period", grace_period)
+        check_duration("term_timeout", term_timeout)
+        check_duration("restart_window", restart_window, positive=True)
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ValueError(f"max_restarts must be a whole number >= 0, not {max_restarts!r}")
+        self.grace_period = float(grace_period)
+        self.term_timeout = float(term_timeout)
+        self._cond = threading.Condition()
+        self._send_lock = threading.Lock()
+        # Everything below is guarded by _cond and written by the reader thread (or under _cond).
+        self._statuses: dict[str, WorkerStatus] = {}  # worker name -> latest status, in start order
+        self._failures: list[Failure] = []
+        self._requested_exc: BaseException | None = None  # first exception passed to request_stop
+        self._stop_reason: str | None = None
+        self._spawns_sent = 0
+        self._spawn_replies: dict[int, str | None] = {}
+        self._idle: tuple[int, TeardownReport] | None = None  # (spawns seen, report) of the last idle
+        self._manager: tuple[int, str] | None = None  # (pid, containment backend), once it said hello
+        self._gone = False  # the manager's socket closed
+        self._closing = False  # stop() has sent "close"; no more spawns
+        self._final: TeardownReport | None = None
+
+        control_fd = _shm.create_fd()
+        self._control = _shm.ControlBlock(control_fd)
+        ours, theirs = socket.socketpair()
+        self.run_id = uuid.uuid4().hex[:12]
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = f"import sys; sys.path.insert(0, {pkg_parent!r}); from supervisor._guardian import main; main(sys.argv[1:])"
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(theirs.fileno()), str(control_fd), self.run_id, "1" if cgroups else "0"],
+                pass_fds=(theirs.fileno(), control_fd),
+                stdin=subprocess.DEVNULL,
+                process_group=0,
+                env={**os.environ, "SUPERVISOR_RUN": self.run_id},
+            )
+        finally:
+            theirs.close()
+            os.close(control_fd)
+        self._sock = ours
+        self._reader = threading.Thread(target=self._read_loop, name="supervisor-reader", daemon=True)
+        self._reader.start()
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._manager is not None or self._gone, START_TIMEOUT):
+                self._kill_manager()
+                raise RuntimeError("the supervisor's manager process did not start")
+            if self._manager is None:
+                raise RuntimeError("the supervisor's manager process died while starting")
+        self._send(("configure", Settings(strategy, max_restarts, float(restart_window))))
+        _live.add(self)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _send(self, msg: Any) -> None:
+        with self._send_lock:
+            try:
+                self._sock.sendall(_wire.encode(msg))
+            except OSError as exc:
+                raise RuntimeError("the supervisor's manager process is gone") from exc
+
+    def _read_loop(self) -> None:
+        reader = _wire.Reader()
+        try:
+            while chunk := self._sock.recv(1 << 16):
+                for msg in reader.feed(chunk):
+                    with self._cond:
+                        self._dispatch(msg)
+                        self._cond.notify_all()
+        except OSError:
+            pass
+        with self._cond:
+            self._gone = True
+            self._cond.notify_all()
+
+    def _dispatch(self, msg: tuple[Any, ...]) -> None:
+        verb = msg[0]
+        if verb == "status":
+            self._statuses[msg[1].name] = msg[1]
+        elif verb == "spawned":
+            self._spawn_replies[msg[1]] = msg[2]
+        elif verb == "stopping":
+            self._stop_reason = msg[1]
+            if msg[2] is not None and self._requested_exc is None:
+                self._requested_exc = unpack_exception(msg[2])
+        elif verb == "failure":
+            self._failures.append(msg[1])
+        elif verb == "idle":
+            self._idle = (msg[1], msg[2])
+        elif verb == "hello":
+            self._manager = (msg[1], msg[2])
+
+    def _kill_manager(self) -> None:
+        """Last resort when the manager does not answer: its guardian tree dies with it."""
+        if self._manager is not None:
+            try:
+                os.kill(self._manager[0], 9)
+            except OSError:
+                pass
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+
+    # -- the public API -------------------------------------------------------------------------
+
+    @property
+    def containment(self) -> str:
+        """The containment backend the manager chose: ``cgroup`` or ``process-group``."""
+        return self._manager[1] if self._manager else "unknown"
+
+    @property
+    def pid(self) -> int | None:
+        """The manager's pid (the parent of every worker)."""
+        return self._manager[0] if self._manager else None
+
+    def spawn(
+        self,
+        target: Callable[..., Any],
+        *,
+        name: str | None = None,
+        replicas: int = 1,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        restart: str = "never",
+        grace_period: float | None = None,
+        term_timeout: float | None = None,
+        heartbeat_timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        start_method: str = "fork",
+    ) -> list[WorkerStatus]:
+        """Start ``replicas`` processes, each calling ``target(ctx, *args, **kwargs)``."""
+        import dill
+
+        if not callable(target):
+            raise TypeError(f"target must be callable, not {target!r}")
+        try:
+            payload = dill.dumps((target, tuple(args), dict(kwargs or {})), recurse=True)
+        except Exception as exc:
+            raise TypeError(f"cannot send {target!r} and its arguments to a worker: {exc}") from exc
+        pool_name = name or getattr(target, "__name__", "worker").replace("<lambda>", "lambda")
+        return self._spawn_pool(
+            pool_name, replicas, restart, grace_period, term_timeout, heartbeat_timeout, env, start_method,
+            payload=payload,
+        )
+
+    def spawn_command(
+        self,
+        argv: Sequence[str],
+        *,
+        name: str | None = None,
+        replicas: int = 1,
+        stop_signal: str | int = "SIGTERM",
+        restart: str = "never",
+        grace_period: float | None = None,
+        term_timeout: float | None = None,
+        heartbeat_timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> list[WorkerStatus]:
+        """Run an external program as a worker; its cooperative step is ``stop_signal``."""
+        if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
+            raise TypeError("argv must be a non-empty list of strings")
+        pool_name = name or os.path.basename(argv[0])
+        return self._spawn_pool(
+            pool_name, replicas, restart, grace_period, term_timeout, heartbeat_timeout, env, "fork",
+            argv=tuple(argv), stop_signal=parse_signal(stop_signal),
+        )
+
+    def _spawn_pool(
+        self,
+        name: str,
+        replicas: int,
+        restart: str,
+        grace_period: float | None,
+        term_timeout: float | None,
+        heartbeat_timeout: float | None,
+        env: Mapping[str, str] | None,
+        start_method: str,
+        **what: Any,
+    ) -> list[WorkerStatus]:
+        if not name or any(c in name for c in " .:/\n"):
+            raise ValueError(f"pool name {name!r} must be non-empty, without spaces, dots, colons or slashes")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise ValueError(f"replicas must be a whole number >= 1, not {replicas!r}")
+        if restart not in RESTART_POLICIES:
+            raise ValueError(f"restart must be one of {', '.join(RESTART_POLICIES)}, not {restart!r}")
+        if start_method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, not {start_method!r}")
+        check_duration("grace_period", grace_period, allow_none=True)
+        check_duration("term_timeout", term_timeout, allow_none=True)
+        check_duration("heartbeat_timeout", heartbeat_timeout, allow_none=True, positive=True)
+        env_map = {str(k): str(v) for k, v in (env or {}).items()}
+        pool = PoolSpec(
+            name=name,
+            replicas=replicas,
+            grace_period=self.grace_period if grace_period is None else float(grace_period),
+            term_timeout=self.term_timeout if term_timeout is None else float(term_timeout),
+            restart=restart,
+            heartbeat_timeout=heartbeat_timeout,
+            env=env_map,
+            sys_path=tuple(sys.path),
+            start_method=start_method,
+            **what,
+        )
+        with self._cond:
+            if self._closing or self._gone:
+                raise RuntimeError("this supervisor has been stopped; create a new one")
+            self._spawns_sent += 1
+            ticket = self._spawns_sent
+            self._send(("spawn", pool))
+            self._cond.wait_for(lambda: ticket in self._spawn_replies or self._gone)
+            error = self._spawn_replies.pop(ticket, "the supervisor's manager process is gone")
+            if error is not None:
+                raise RuntimeError(error)
+            return [s for s in self._statuses.values() if s.pool == name]
+
+    def request_stop(self, exc: BaseException | None = None) -> None:
+        """Ask every worker to stop; returns at once. ``join()`` re-raises ``exc``."""
+        self._control.stop_all()
+        with self._cond:
+            if exc is not None and self._requested_exc is None:
+                self._requested_exc = exc
+            if self._gone:
+                return
+        self._send(("stop", "requested", (None, None)))
+
+    def should_stop(self) -> bool:
+        """True once a stop was requested, by anyone."""
+        return self._control.all_stopped()
+
+    def status(self) -> list[WorkerStatus]:
+        """One entry per worker slot, in start order."""
+        with self._cond:
+            return list(self._statuses.values())
+
+    def join(self, timeout: float | None = None) -> TeardownReport:
+        """Block until every worker has ended; raise what a stop carried or ``WorkerFailed``."""
+        with self._cond:
+            ticket = self._spawns_sent
+            done = self._cond.wait_for(
+                lambda: (self._idle is not None and self._idle[0] >= ticket) or self._gone, timeout
+            )
+            if not done:
+                raise TimeoutError(f"workers still running after {timeout} s")
+            report = self._idle[1] if self._idle is not None else self._final
+            if report is None:
+                raise RuntimeError("the supervisor's manager process is gone")
+            self._raise_for(report)
+            return report
+
+    def _raise_for(self, report: TeardownReport) -> None:
+        if self._requested_exc is not None:
+            raise self._requested_exc
+        if self._failures:
+            raise WorkerFailed(list(self._failures), report)
+
+    def stop(self, grace_period: float | None = None, term_timeout: float | None = None) -> TeardownReport:
+        """Request a stop and run the whole ladder; the final report. Idempotent, thread-safe."""
+        check_duration("grace_period", grace_period, allow_none=True)
+        check_duration("term_timeout", term_timeout, allow_none=True)
+        self._control.stop_all()
+        with self._cond:
+            if self._final is not None:
+                return self._final
+            if not self._gone:
+                self._send(("stop", "requested", (grace_period, term_timeout)))
+                if not self._closing:
+                    self._closing = True
+                    self._send(("close",))
+            self._cond.wait_for(lambda: self._gone)
+            ticket = self._spawns_sent
+            if self._idle is not None and self._idle[0] >= ticket:
+                self._final = self._idle[1]
+        self._proc.wait()
+        self._sock.close()
+        _live.discard(self)
+        with self._cond:
+            if self._final is None:
+                self._final = TeardownReport(ok=False, reason="manager-died", duration=0.0, workers=[])
+            return self._final
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        report = self.stop()
+        if exc_type is None and self._failures:
+            raise WorkerFailed(list(self._failures), report)
+
+    def __repr__(self) -> str:
+        return f"<Supervisor run={self.run_id} workers={len(self._statuses)} backend={self.containment}>"
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for sup in list(_live):
+        try:
+            sup.stop()
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            pass
+

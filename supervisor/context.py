@@ -1,0 +1,99 @@
+"""``WorkerContext``: what a worker's target sees of its supervisor."""
+
+from __future__ import annotations
+
+import select
+import time
+from typing import Any
+
+from . import _wire
+from ._shm import ControlBlock
+
+
+class WorkerContext:
+    """Handed to every target as its first argument.
+
+    Invariants: ``should_stop()`` only ever goes from False to True within one incarnation;
+    ``wait()`` returns True at once when it is True.
+    """
+
+    def __init__(
+        self, *, name: str, pool: str, index: int, slot: int, control: ControlBlock, stop_fd: int, result_fd: int
+    ) -> None:
+        self.name = name
+        self.pool = pool
+        self.index = index
+        self._slot = slot
+        self._control = control
+        self._stop_fd = stop_fd  # read end of this worker's stop pipe: EOF once the manager asks it to stop
+        self._result_fd = result_fd  # write end of the pipe to the manager
+        self._poll = select.poll()
+        self._poll.register(stop_fd, select.POLLIN)
+
+    def __repr__(self) -> str:
+        return f"<WorkerContext {self.name}>"
+
+    def should_stop(self) -> bool:
+        """True once a stop was requested for everyone or for this worker (a memory read)."""
+        return self._control.should_stop(self._slot)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep up to ``timeout`` seconds (None: forever); True as soon as a stop is requested."""
+        if self.should_stop():
+            return True
+        ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._poll.poll(ms) or self.should_stop():
+                return True
+            if deadline is None:
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ms = int(left * 1000 + 0.999)
+
+    def heartbeat(self) -> None:
+        """Record that this worker is alive (a memory write, no system call)."""
+        self._control.beat(self._slot, time.monotonic())
+
+    def request_stop(self, exc: BaseException | None = None) -> None:
+        """Ask every worker to stop; ``exc``, if given, is re-raised by the supervisor's ``join()``."""
+        self._control.stop_all()
+        _wire.send(self._result_fd, ("stop", pack_exception(exc) if exc is not None else None))
+
+    def fileno(self) -> int:
+        """A descriptor that becomes readable when this worker is asked to stop (for select/poll)."""
+        return self._stop_fd
+
+
+def pack_exception(exc: BaseException) -> tuple[str, str, str, bytes | None]:
+    """(type name, message, formatted traceback, dill bytes or None if it cannot be pickled)."""
+    import traceback
+
+    import dill
+
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        blob: bytes | None = dill.dumps(exc)
+        dill.loads(blob)
+    except Exception:
+        blob = None
+    return (type(exc).__name__, str(exc), tb, blob)
+
+
+def unpack_exception(packed: tuple[str, str, str, bytes | None]) -> BaseException:
+    """The exception itself where it survived pickling, else a ``RemoteError`` with its text."""
+    from .errors import RemoteError
+
+    type_name, message, tb, blob = packed
+    if blob is not None:
+        try:
+            import dill
+
+            exc = dill.loads(blob)
+            if isinstance(exc, BaseException):
+                return exc
+        except Exception:
+            pass
+    return RemoteError(type_name, message, tb)
