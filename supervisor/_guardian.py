@@ -22,8 +22,8 @@ from ._shm import ControlBlock
 
 
 def main(argv: list[str]) -> None:
-    conn_fd, control_fd, run_id, use_cgroups = int(argv[0]), int(argv[1]), argv[2], argv[3] == "1"
-    _platform.USE_CGROUPS = _platform.USE_CGROUPS and use_cgroups
+    conn_fd, control_fd, run_id = int(argv[0]), int(argv[1]), argv[2]
+    _platform.apply_flags(argv[3])
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)  # terminal and stray signals go to the owner, not here
     _platform.set_child_subreaper()

@@ -55,6 +55,23 @@ HAVE_PROC_CHILDREN: bool = LINUX and os.path.exists(f"/proc/{os.getpid()}/task/{
 USE_CGROUPS: bool = LINUX
 
 
+_FLAGS = ("HAVE_PIDFD", "HAVE_PRCTL", "HAVE_PROC_CHILDREN", "USE_CGROUPS")
+
+
+def flags(cgroups: bool = True) -> str:
+    """This process's capability flags, to hand to the guardian (so flags flipped here apply there)."""
+    on = {name: bool(globals()[name]) for name in _FLAGS}
+    on["USE_CGROUPS"] = on["USE_CGROUPS"] and cgroups
+    return ",".join(name for name, value in on.items() if not value) or "-"
+
+
+def apply_flags(disabled: str) -> None:
+    """Turn off the capabilities named in ``disabled`` (the output of ``flags``)."""
+    for name in disabled.split(","):
+        if name in _FLAGS:
+            globals()[name] = False
+
+
 def _call_prctl(option: int, arg: int) -> bool:
     if not HAVE_PRCTL or _prctl is None:
         return False

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from . import _shm, _wire
+from . import _platform, _shm, _wire
 from ._manager import Settings
 from ._spec import RESTART_POLICIES, START_METHODS, STRATEGIES, PoolSpec, check_duration, parse_signal
 from .context import unpack_exception
@@ -57,6 +57,7 @@ class Supervisor:
         # Everything below is guarded by _cond and written by the reader thread (or under _cond).
         self._statuses: dict[str, WorkerStatus] = {}  # worker name -> latest status, in start order
         self._failures: list[Failure] = []
+        self._failures_raised = 0  # how many of _failures a join() has already raised
         self._requested_exc: BaseException | None = None  # first exception passed to request_stop
         self._stop_reason: str | None = None
         self._spawns_sent = 0
@@ -75,7 +76,7 @@ class Supervisor:
         code = f"import sys; sys.path.insert(0, {pkg_parent!r}); from supervisor._guardian import main; main(sys.argv[1:])"
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", code, str(theirs.fileno()), str(control_fd), self.run_id, "1" if cgroups else "0"],
+                [sys.executable, "-c", code, str(theirs.fileno()), str(control_fd), self.run_id, _platform.flags(cgroups)],
                 pass_fds=(theirs.fileno(), control_fd),
                 stdin=subprocess.DEVNULL,
                 process_group=0,
@@ -298,6 +299,7 @@ class Supervisor:
         if self._requested_exc is not None:
             raise self._requested_exc
         if self._failures:
+            self._failures_raised = len(self._failures)
             raise WorkerFailed(list(self._failures), report)
 
     def stop(self, grace_period: float | None = None, term_timeout: float | None = None) -> TeardownReport:
@@ -330,7 +332,7 @@ class Supervisor:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         report = self.stop()
-        if exc_type is None and self._failures:
+        if exc_type is None and len(self._failures) > self._failures_raised:
             raise WorkerFailed(list(self._failures), report)
 
     def __repr__(self) -> str:

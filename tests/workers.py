@@ -1,0 +1,152 @@
+"""Worker targets with every behaviour the tests need, importable by the workers themselves."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from supervisor import WorkerContext
+
+SLEEP = [sys.executable, "-c", "import time; time.sleep(3600)"]
+SLEEP_IGNORING_TERM = [
+    sys.executable,
+    "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)",
+]
+
+
+def done(ctx: WorkerContext) -> None:
+    return
+
+
+def cooperative(ctx: WorkerContext) -> None:
+    while not ctx.wait(0.05):
+        ctx.heartbeat()
+
+
+def sleeper(ctx: WorkerContext) -> None:
+    time.sleep(3600)
+
+
+def term_ignorer(ctx: WorkerContext) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(3600)
+
+
+def term_blocker(ctx: WorkerContext) -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    while True:
+        pass
+
+
+def raiser(ctx: WorkerContext, message: str = "boom") -> None:
+    def inner() -> None:
+        raise ValueError(message)
+
+    inner()
+
+
+class Unpicklable(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = __import__("threading").Lock()
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        raise TypeError("no pickling for you")
+
+
+def raise_unpicklable(ctx: WorkerContext) -> None:
+    raise Unpicklable("cannot travel")
+
+
+def exit3(ctx: WorkerContext) -> None:
+    os._exit(3)
+
+
+def segfault(ctx: WorkerContext) -> None:
+    ctypes.string_at(0)
+
+
+def exit_after(ctx: WorkerContext, seconds: float, code: int) -> None:
+    time.sleep(seconds)
+    os._exit(code)
+
+
+def write_pid(path: str, pid: int) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(str(pid))
+    os.rename(path + ".tmp", path)
+
+
+def crash_leaving_grandchild(ctx: WorkerContext, pidfile: str) -> None:
+    """Fork a grandchild that inherits every fd (a multiprocessing sentinel would stay open), then crash."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(3600)
+        os._exit(0)
+    write_pid(pidfile, pid)
+    os._exit(4)
+
+
+def with_subprocess(ctx: WorkerContext, pidfile: str, ignore_term: bool = False) -> None:
+    proc = subprocess.Popen(SLEEP_IGNORING_TERM if ignore_term else SLEEP)
+    write_pid(pidfile, proc.pid)
+    while not ctx.wait(0.05):
+        pass
+
+
+def setsid_escaper(ctx: WorkerContext, pidfile: str, then: str = "wait") -> None:
+    """Double fork; the grandchild calls setsid() and ignores SIGTERM (a daemon gone astray)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.write(w, str(os.getpid()).encode())
+        while True:
+            time.sleep(3600)
+    os.waitpid(pid, 0)
+    escaped = int(os.read(r, 64))
+    write_pid(pidfile, escaped)
+    if then == "wait":
+        while not ctx.wait(0.05):
+            pass
+    elif then == "sleep":
+        time.sleep(3600)
+
+
+def fork_storm(ctx: WorkerContext, count: int, interval: float, pidfile: str) -> None:
+    """Fork a new sleeping child every ``interval`` s, ``count`` at most, ignoring the stop."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    started = 0
+    while started < count:
+        if os.fork() == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            time.sleep(3600)
+            os._exit(0)
+        started += 1
+        if started == 10:
+            write_pid(pidfile, os.getpid())
+        time.sleep(interval)
+    time.sleep(3600)
+
+
+def self_stop(ctx: WorkerContext) -> None:
+    os.kill(os.getpid(), signal.SIGSTOP)
+    time.sleep(3600)
+
+
+def request_stop_with(ctx: WorkerContext, message: str) -> None:
+    ctx.request_stop(RuntimeError(message))
+    ctx.wait()
+
+
+def env_reporter(ctx: WorkerContext, path: str, key: str) -> None:
+    with open(path, "w") as f:
+        f.write(f"{ctx.name} {ctx.pool} {ctx.index} {os.environ.get(key)}")
