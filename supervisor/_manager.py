@@ -478,8 +478,12 @@ class Manager:
         return done
 
     def _strays(self) -> bool:
-        """Once a global stop has ended every worker, SIGKILL anything of the run still alive."""
-        return self.stop_since is not None and self.containment.sweep()
+        """With every worker ended, SIGKILL anything of the run still alive; True if there was any.
+
+        Needed by the fallback backend, which cannot always tell which worker an orphan came from
+        (a forked, never exec'd ``setsid()`` daemon carries neither marker nor process group).
+        """
+        return self.containment.sweep()
 
     def _finish(self) -> bool:
         """Tell the owner when everything has ended; True when the manager should exit."""

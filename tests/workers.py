@@ -77,9 +77,10 @@ def exit_after(ctx: WorkerContext, seconds: float, code: int) -> None:
 
 
 def write_pid(path: str, pid: int) -> None:
-    with open(path + ".tmp", "w") as f:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
         f.write(str(pid))
-    os.rename(path + ".tmp", path)
+    os.rename(tmp, path)
 
 
 def crash_leaving_grandchild(ctx: WorkerContext, pidfile: str) -> None:
