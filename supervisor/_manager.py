@@ -27,6 +27,7 @@ from typing import Any
 
 from . import _platform, _wire
 from ._shm import ControlBlock
+from ._output import Sink, Splitter
 from ._spec import PoolSpec
 from ._worker import Placement, child_main
 from .containment import Containment
@@ -44,6 +45,7 @@ class Settings:
     strategy: str = "one_for_all"
     max_restarts: int = 3
     restart_window: float = 60.0
+    output: str = "inherit"  # "inherit": workers write to our stdout/stderr; "prefix": "name | line"
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Slot:
     pidfd: int | None = None
     stop_w: int | None = None  # write end of the stop pipe; closed = "stop" for the worker
     result_r: int | None = None  # read end of the worker's message pipe
+    streams: dict[int, Splitter] = field(default_factory=dict)  # read end of stdout/stderr -> splitter
     reader: _wire.Reader = field(default_factory=_wire.Reader)
     restarts: int = 0
     exitcode: int | None = None
@@ -146,6 +149,7 @@ class Manager:
         self.idle_sent = False
         self.last_exit: float | None = None
         self.restart_times: list[float] = []
+        self.sinks: dict[int, Sink] = {}  # our stdout/stderr, in "prefix" output mode
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -168,7 +172,7 @@ class Manager:
         sel_fd = getattr(self.sel, "fileno", lambda: -1)()
         fds = [self.conn.fileno(), self.wake_r, self.wake_w, sel_fd]
         for s in self.slots.values():
-            fds.extend(fd for fd in (s.stop_w, s.result_r, s.pidfd) if fd is not None)
+            fds.extend(fd for fd in (s.stop_w, s.result_r, s.pidfd, *s.streams) if fd is not None)
         return [fd for fd in fds if isinstance(fd, int) and fd >= 0]
 
     # -- the loop -------------------------------------------------------------------------------
@@ -186,13 +190,15 @@ class Manager:
                 key.data()
             self._reap()
             self._climb()
+            for sink in self.sinks.values():
+                sink.flush()
             if self._finish():
                 break
         self.containment.close()
 
     def _timeout(self) -> float | None:
         times = [t for s in self.slots.values() for r in (s.rung, s.tree) if r is not None and (t := r.next_time()) is not None]
-        if any(s.tree is not None for s in self.slots.values()):
+        if any(s.tree is not None for s in self.slots.values()) or any(k.pending for k in self.sinks.values()):
             times.append(time.monotonic() + TREE_RECHECK)
         if not times:
             return None
@@ -271,6 +277,7 @@ class Manager:
         procs = self.containment.prepare(slot.id)
         stop_r, stop_w = os.pipe()
         result_r, result_w = os.pipe()
+        outputs = self._output_pipes(slot)
         placement = Placement(
             pool=slot.pool,
             index=slot.index,
@@ -280,8 +287,9 @@ class Manager:
             stop_fd=stop_r,
             result_fd=result_w,
             cgroup_procs=procs,
+            output_fds=tuple(w for _, w in outputs),
         )
-        private = self._manager_fds() + [stop_w, result_r]
+        private = self._manager_fds() + [stop_w, result_r, *(r for r, _ in outputs)]
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
@@ -292,6 +300,11 @@ class Manager:
             os.setpgid(pid, pid)  # also done by the child; whichever runs first wins the race
         os.close(stop_r)
         os.close(result_w)
+        for (r, w), dest in zip(outputs, (1, 2)):
+            os.close(w)
+            os.set_blocking(r, False)
+            slot.streams[r] = Splitter(slot.name, slot.id, self.sinks.setdefault(dest, Sink(dest)))
+            self.sel.register(r, selectors.EVENT_READ, lambda s=slot, fd=r: self._on_stream(s, fd))
         os.set_blocking(result_r, False)
         slot.pid, slot.stop_w, slot.result_r = pid, stop_w, result_r
         slot.reader = _wire.Reader()
@@ -306,6 +319,28 @@ class Manager:
         if slot.pidfd is not None:
             self.sel.register(slot.pidfd, selectors.EVENT_READ, self._noop)
         slot.transition(WorkerState.STARTING)
+
+    def _output_pipes(self, slot: Slot) -> list[tuple[int, int]]:
+        """(read, write) pipes for the child's stdout and stderr, in "prefix" output mode."""
+        if self.settings.output != "prefix":
+            return []
+        return [os.pipe(), os.pipe()]
+
+    def _on_stream(self, slot: Slot, fd: int) -> None:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        splitter = slot.streams[fd]
+        if chunk:
+            splitter.feed(chunk)
+            return
+        splitter.close()
+        self.sel.unregister(fd)
+        os.close(fd)
+        del slot.streams[fd]
 
     @staticmethod
     def _noop() -> None:
@@ -487,7 +522,7 @@ class Manager:
 
     def _finish(self) -> bool:
         """Tell the owner when everything has ended; True when the manager should exit."""
-        if any(s.state is not WorkerState.EXITED for s in self.slots.values()):
+        if any(s.state is not WorkerState.EXITED or s.streams for s in self.slots.values()):
             return False
         if not self._trees_done() or self._strays():
             return False

@@ -36,6 +36,7 @@ class Placement:
     stop_fd: int  # read end; EOF when asked to stop
     result_fd: int  # write end of the pipe to the manager
     cgroup_procs: str | None
+    output_fds: tuple[int, ...] = ()  # write ends to become stdout and stderr ("prefix" output mode)
 
     @property
     def name(self) -> str:
@@ -44,6 +45,12 @@ class Placement:
 
 def _detach_from_manager(p: Placement) -> None:
     os.setpgid(0, 0)
+    if p.output_fds:
+        for fd, target in zip(p.output_fds, (1, 2)):
+            os.dup2(fd, target)
+            os.close(fd)
+        for stream in (sys.stdout, sys.stderr):
+            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     if _platform.set_parent_death_signal(signal.SIGKILL) and os.getppid() != p.manager_pid:
         os._exit(137)  # the manager died before the prctl took effect
     containment.enrol(p.cgroup_procs)

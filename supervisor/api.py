@@ -42,10 +42,13 @@ class Supervisor:
         max_restarts: int = 3,
         restart_window: float = 60.0,
         cgroups: bool = True,
+        output: str = "inherit",
     ) -> None:
         check_duration("grace_period", grace_period)
         check_duration("term_timeout", term_timeout)
         check_duration("restart_window", restart_window, positive=True)
+        if output not in ("inherit", "prefix"):
+            raise ValueError(f"output must be 'inherit' or 'prefix', not {output!r}")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
         if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
@@ -94,7 +97,7 @@ class Supervisor:
                 raise RuntimeError("the supervisor's manager process did not start")
             if self._manager is None:
                 raise RuntimeError("the supervisor's manager process died while starting")
-        self._send(("configure", Settings(strategy, max_restarts, float(restart_window))))
+        self._send(("configure", Settings(strategy, max_restarts, float(restart_window), output)))
         _live.add(self)
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -263,13 +266,27 @@ class Supervisor:
 
     def request_stop(self, exc: BaseException | None = None) -> None:
         """Ask every worker to stop; returns at once. ``join()`` re-raises ``exc``."""
+        self.request_stop_for("requested", exc=exc)
+
+    def request_stop_for(
+        self,
+        reason: str,
+        grace_period: float | None = None,
+        term_timeout: float | None = None,
+        exc: BaseException | None = None,
+    ) -> None:
+        """``request_stop`` with a reason for the report (e.g. ``signal:SIGINT``) and shorter waits.
+
+        A second call can only hasten a stop in progress: ``request_stop_for(r, 0, 0)`` skips
+        straight to SIGKILL.
+        """
         self._control.stop_all()
         with self._cond:
             if exc is not None and self._requested_exc is None:
                 self._requested_exc = exc
             if self._gone:
                 return
-        self._send(("stop", "requested", (None, None)))
+        self._send(("stop", reason, (grace_period, term_timeout)))
 
     def should_stop(self) -> bool:
         """True once a stop was requested, by anyone."""
