@@ -54,7 +54,7 @@ def _manager_main(conn_fd: int, control_fd: int, run_id: str, run_dir: str | Non
         else:
             cont = containment.GroupContainment(run_id, os.getpid())
         Manager(conn, control, cont, run_id).run()
-    except BaseException:  # noqa: BLE001 - report, then let the guardian clean up
+    except BaseException:
         import traceback
 
         traceback.print_exc()

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _platform, _wire
-from ._shm import ControlBlock
 from ._output import Sink, Splitter
+from ._shm import ControlBlock
 from ._spec import PoolSpec
 from ._worker import Placement, child_main
 from .containment import Containment
@@ -111,7 +111,17 @@ class Slot:
             signal=signal_name(self.exitcode),
             seconds=seconds,
             descendants_killed=len(self.signalled - {self.pid}),
+            error=self.error(),
         )
+
+    def error(self) -> str | None:
+        """What went wrong, for a failed or crashed worker."""
+        if self.outcome is Outcome.FAILED and self.failure is not None:
+            return f"{self.failure[0]}: {self.failure[1]}"
+        if self.outcome is Outcome.CRASHED:
+            sig = signal_name(self.exitcode)
+            return f"killed by {sig}" if sig else f"exited with code {self.exitcode}"
+        return None
 
 
 def decide_outcome(step: Step, exitcode: int, failed: bool) -> Outcome:
@@ -128,9 +138,7 @@ def decide_outcome(step: Step, exitcode: int, failed: bool) -> Outcome:
 
 
 class Manager:
-    def __init__(
-        self, conn: socket.socket, control: ControlBlock, containment: Containment, run_id: str
-    ) -> None:
+    def __init__(self, conn: socket.socket, control: ControlBlock, containment: Containment, run_id: str) -> None:
         self.conn = conn
         self.conn_reader = _wire.Reader()
         self.control = control
@@ -197,7 +205,12 @@ class Manager:
         self.containment.close()
 
     def _timeout(self) -> float | None:
-        times = [t for s in self.slots.values() for r in (s.rung, s.tree) if r is not None and (t := r.next_time()) is not None]
+        times = [
+            t
+            for s in self.slots.values()
+            for r in (s.rung, s.tree)
+            if r is not None and (t := r.next_time()) is not None
+        ]
         if any(s.tree is not None for s in self.slots.values()) or any(k.pending for k in self.sinks.values()):
             times.append(time.monotonic() + TREE_RECHECK)
         if not times:
@@ -253,8 +266,8 @@ class Manager:
     def _spawn(self, pool: PoolSpec) -> None:
         self.spawns_seen += 1
         self.idle_sent = False
-        if self.stop_since is not None:
-            self.send(("spawned", self.spawns_seen, f"cannot start pool {pool.name!r}: the supervisor is stopping"))
+        if self.stop_since is not None or self.control.all_stopped():
+            self.send(("spawned", self.spawns_seen, f"cannot start pool {pool.name!r}: a stop was requested"))
             return
         if pool.name in self.pool_names:
             self.send(("spawned", self.spawns_seen, f"a pool named {pool.name!r} exists already"))
@@ -289,7 +302,7 @@ class Manager:
             cgroup_procs=procs,
             output_fds=tuple(w for _, w in outputs),
         )
-        private = self._manager_fds() + [stop_w, result_r, *(r for r, _ in outputs)]
+        private = [*self._manager_fds(), stop_w, result_r, *(r for r, _ in outputs)]
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
@@ -300,7 +313,7 @@ class Manager:
             os.setpgid(pid, pid)  # also done by the child; whichever runs first wins the race
         os.close(stop_r)
         os.close(result_w)
-        for (r, w), dest in zip(outputs, (1, 2)):
+        for (r, w), dest in zip(outputs, (1, 2), strict=True):
             os.close(w)
             os.set_blocking(r, False)
             slot.streams[r] = Splitter(slot.name, slot.id, self.sinks.setdefault(dest, Sink(dest)))
@@ -386,12 +399,14 @@ class Manager:
         """Start (or hasten) the global stop: every live worker climbs the ladder from now on."""
         now = time.monotonic()
         self.control.stop_all()
+        if self.stop_since is None and not self._anything_running():
+            return  # nothing to stop: the report keeps the reason the workers ended for
         if self.stop_since is None:
             self.stop_since, self.stop_reason, self.stop_waits = now, reason, waits
             self.send(("stopping", reason, exc))
         else:
             self.stop_waits = tuple(  # type: ignore[assignment]
-                b if a is None else a if b is None else min(a, b) for a, b in zip(self.stop_waits, waits)
+                b if a is None else a if b is None else min(a, b) for a, b in zip(self.stop_waits, waits, strict=True)
             )
         for slot in self.slots.values():
             grace, term = self._waits(slot, waits)
@@ -399,6 +414,9 @@ class Manager:
                 self._stop_slot(slot, now, grace, term)
             if slot.tree is not None:
                 slot.tree.tighten(now, 0.0, term)
+
+    def _anything_running(self) -> bool:
+        return any(s.state is not WorkerState.EXITED or s.tree is not None for s in self.slots.values())
 
     def _stop_slot(self, slot: Slot, now: float, grace: float, term: float) -> None:
         """Ask one worker to stop (cooperative step) and put it on the ladder."""
@@ -467,9 +485,7 @@ class Manager:
         if slot.failure is not None:
             type_name, message, tb, _ = slot.failure
             return Failure(slot.name, type_name, message, tb)
-        sig = signal_name(slot.exitcode)
-        what = f"killed by {sig}" if sig else f"exited with code {slot.exitcode}"
-        return Failure(slot.name, "WorkerCrashed", f"{slot.name} {what}", "")
+        return Failure(slot.name, "WorkerCrashed", f"{slot.name} {slot.error()}", "")
 
     def _sweep_tree(self, slot: Slot, now: float) -> None:
         """End what a worker left behind: SIGTERM now, SIGKILL after its term timeout."""
@@ -534,10 +550,7 @@ class Manager:
     def _report(self) -> TeardownReport:
         workers = [s.report() for s in self.slots.values()]
         failed = any(w.outcome in (Outcome.FAILED.value, Outcome.CRASHED.value) for w in workers)
-        if self.stop_reason is not None:
-            reason = self.stop_reason
-        else:
-            reason = "failure" if failed else "completed"
+        reason = self.stop_reason if self.stop_reason is not None else "failure" if failed else "completed"
         duration = 0.0
         if self.stop_since is not None:
             duration = max(0.0, (self.last_exit or self.stop_since) - self.stop_since)

@@ -9,6 +9,7 @@ message and traceback went to the manager first); ``SystemExit`` codes are kept.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import sys
@@ -46,7 +47,7 @@ class Placement:
 def _detach_from_manager(p: Placement) -> None:
     os.setpgid(0, 0)
     if p.output_fds:
-        for fd, target in zip(p.output_fds, (1, 2)):
+        for fd, target in zip(p.output_fds, (1, 2), strict=True):
             os.dup2(fd, target)
             os.close(fd)
         for stream in (sys.stdout, sys.stderr):
@@ -70,10 +71,8 @@ def child_main(p: Placement, control: ControlBlock, manager_fds: list[int]) -> N
     code = 1
     try:
         for fd in manager_fds:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         _detach_from_manager(p)
         if p.pool.argv is not None:
             _wire.send(p.result_fd, ("ready",))
@@ -84,7 +83,7 @@ def child_main(p: Placement, control: ControlBlock, manager_fds: list[int]) -> N
                 code = 127
         else:
             code = _run_target(p, control)
-    except BaseException:  # noqa: BLE001 - the bootstrap itself must never escape into the manager's loop
+    except BaseException:
         traceback.print_exc()
     finally:
         _flush()
@@ -115,13 +114,15 @@ def _run_target(p: Placement, control: ControlBlock) -> int:
         code = 0
     except SystemExit as exc:
         code = _exit_code(exc)
-    except BaseException as exc:  # noqa: BLE001 - every failure is reported, KeyboardInterrupt included
+    except BaseException as exc:
         _wire.send(p.result_fd, ("failed", pack_exception(exc)))
+        print(f"worker {p.name} failed:", file=sys.stderr)
+        traceback.print_exc()
         code = 1
     try:
         threading._shutdown()  # type: ignore[attr-defined]  # join non-daemon threads, as Python does at exit
         atexit._run_exitfuncs()
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         traceback.print_exc()
     return code
 
@@ -137,7 +138,5 @@ def _exit_code(exc: SystemExit) -> int:
 
 def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(Exception):
             stream.flush()
-        except Exception:  # noqa: BLE001
-            pass

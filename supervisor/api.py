@@ -9,6 +9,7 @@ are mirrored here by one reader thread. Stop flags live in shared memory, so ``s
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import socket
 import subprocess
@@ -76,10 +77,20 @@ class Supervisor:
         ours, theirs = socket.socketpair()
         self.run_id = uuid.uuid4().hex[:12]
         pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        code = f"import sys; sys.path.insert(0, {pkg_parent!r}); from supervisor._guardian import main; main(sys.argv[1:])"
+        code = (
+            f"import sys; sys.path.insert(0, {pkg_parent!r}); from supervisor._guardian import main; main(sys.argv[1:])"
+        )
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", code, str(theirs.fileno()), str(control_fd), self.run_id, _platform.flags(cgroups)],
+                [
+                    sys.executable,
+                    "-c",
+                    code,
+                    str(theirs.fileno()),
+                    str(control_fd),
+                    self.run_id,
+                    _platform.flags(cgroups),
+                ],
                 pass_fds=(theirs.fileno(), control_fd),
                 stdin=subprocess.DEVNULL,
                 process_group=0,
@@ -143,10 +154,8 @@ class Supervisor:
     def _kill_manager(self) -> None:
         """Last resort when the manager does not answer: its guardian tree dies with it."""
         if self._manager is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(self._manager[0], 9)
-            except OSError:
-                pass
         try:
             self._proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -190,7 +199,14 @@ class Supervisor:
             raise TypeError(f"cannot send {target!r} and its arguments to a worker: {exc}") from exc
         pool_name = name or getattr(target, "__name__", "worker").replace("<lambda>", "lambda")
         return self._spawn_pool(
-            pool_name, replicas, restart, grace_period, term_timeout, heartbeat_timeout, env, start_method,
+            pool_name,
+            replicas,
+            restart,
+            grace_period,
+            term_timeout,
+            heartbeat_timeout,
+            env,
+            start_method,
             payload=payload,
         )
 
@@ -212,8 +228,16 @@ class Supervisor:
             raise TypeError("argv must be a non-empty list of strings")
         pool_name = name or os.path.basename(argv[0])
         return self._spawn_pool(
-            pool_name, replicas, restart, grace_period, term_timeout, heartbeat_timeout, env, "fork",
-            argv=tuple(argv), stop_signal=parse_signal(stop_signal),
+            pool_name,
+            replicas,
+            restart,
+            grace_period,
+            term_timeout,
+            heartbeat_timeout,
+            env,
+            "fork",
+            argv=tuple(argv),
+            stop_signal=parse_signal(stop_signal),
         )
 
     def _spawn_pool(
@@ -286,7 +310,11 @@ class Supervisor:
                 self._requested_exc = exc
             if self._gone:
                 return
-        self._send(("stop", reason, (grace_period, term_timeout)))
+        try:
+            self._send(("stop", reason, (grace_period, term_timeout)))
+        except RuntimeError:
+            if not self._gone:  # a manager that went away while we sent has nothing left to stop
+                raise
 
     def should_stop(self) -> bool:
         """True once a stop was requested, by anyone."""
@@ -299,6 +327,13 @@ class Supervisor:
 
     def join(self, timeout: float | None = None) -> TeardownReport:
         """Block until every worker has ended; raise what a stop carried or ``WorkerFailed``."""
+        report = self.wait(timeout)
+        with self._cond:
+            self._raise_for(report)
+        return report
+
+    def wait(self, timeout: float | None = None) -> TeardownReport:
+        """``join()`` without raising for failures: the report of the workers' end."""
         with self._cond:
             ticket = self._spawns_sent
             done = self._cond.wait_for(
@@ -309,7 +344,6 @@ class Supervisor:
             report = self._idle[1] if self._idle is not None else self._final
             if report is None:
                 raise RuntimeError("the supervisor's manager process is gone")
-            self._raise_for(report)
             return report
 
     def _raise_for(self, report: TeardownReport) -> None:
@@ -327,11 +361,14 @@ class Supervisor:
         with self._cond:
             if self._final is not None:
                 return self._final
-            if not self._gone:
+            first = not self._closing
+            self._closing = True
+            try:
                 self._send(("stop", "requested", (grace_period, term_timeout)))
-                if not self._closing:
-                    self._closing = True
+                if first:
                     self._send(("close",))
+            except RuntimeError:
+                pass  # the manager is already gone (another stop() closed it): just collect its report
             self._cond.wait_for(lambda: self._gone)
             ticket = self._spawns_sent
             if self._idle is not None and self._idle[0] >= ticket:
@@ -359,8 +396,5 @@ class Supervisor:
 @atexit.register
 def _stop_all_at_exit() -> None:
     for sup in list(_live):
-        try:
+        with contextlib.suppress(Exception):
             sup.stop()
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
-            pass
-

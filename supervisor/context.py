@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import select
 import time
-from typing import Any
 
 from . import _wire
 from ._shm import ControlBlock

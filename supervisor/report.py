@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import signal as _signal
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class WorkerState(str, Enum):
+class WorkerState(StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     STOPPING = "stopping"
     EXITED = "exited"
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """How a worker ended; decided by the ladder step in force when it exited."""
 
     COMPLETED = "completed"
@@ -62,6 +62,7 @@ class WorkerReport:
     signal: str | None
     seconds: float | None
     descendants_killed: int
+    error: str | None = None  # for failed and crashed workers: "ValueError: bad shard" or "killed by SIGSEGV"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +82,16 @@ class TeardownReport:
             "duration": self.duration,
             "workers": [w.to_dict() for w in self.workers],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TeardownReport:
+        """The inverse of ``to_dict``."""
+        return cls(
+            ok=bool(data["ok"]),
+            reason=str(data["reason"]),
+            duration=float(data["duration"]),
+            workers=[WorkerReport(**w) for w in data["workers"]],
+        )
 
     def counts(self) -> dict[str, int]:
         """Number of workers per outcome."""

@@ -8,6 +8,7 @@ for the token. Survivors fail the test and are then killed by pid (never by name
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -79,10 +80,8 @@ def no_survivors(request: pytest.FixtureRequest) -> Iterator[str]:
     wait_until(lambda: not processes_with(token), LEAK_GRACE)
     survivors = processes_with(token)
     for pid in survivors:
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
     if survivors:
         lines = "\n".join(f"  {pid}: {cmd}" for pid, cmd in sorted(survivors.items()))
         pytest.fail(f"{len(survivors)} process(es) started by this test survived it:\n{lines}", pytrace=False)

@@ -60,5 +60,7 @@ def test_tighten_only_moves_deadlines_earlier() -> None:
         (Step.KILL, 0, False, Outcome.KILLED),
     ],
 )
-def test_the_step_in_force_at_exit_decides_the_outcome(step: Step, exitcode: int, failed: bool, outcome: Outcome) -> None:
+def test_the_step_in_force_at_exit_decides_the_outcome(
+    step: Step, exitcode: int, failed: bool, outcome: Outcome
+) -> None:
     assert decide_outcome(step, exitcode, failed) is outcome

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -19,10 +20,8 @@ def run_one(target, *, stop_after: float | None = 0.3, **spawn):  # type: ignore
     try:
         sup.spawn(target, **spawn)
         if stop_after is None:
-            try:
+            with contextlib.suppress(WorkerFailed):
                 sup.join(timeout=60)
-            except WorkerFailed:
-                pass
         else:
             assert sup.status()[0].state in ("starting", "running")
             time.sleep(stop_after)
@@ -78,7 +77,7 @@ def test_failed_carries_type_message_and_remote_traceback() -> None:
 
 
 def test_failed_with_an_exception_that_cannot_be_pickled() -> None:
-    w, report = run_one(workers.raise_unpicklable, stop_after=None)
+    w, _report = run_one(workers.raise_unpicklable, stop_after=None)
     assert w.outcome == "failed" and w.exitcode == 1
     sup = Supervisor()
     try:

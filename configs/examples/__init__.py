@@ -1,0 +1,1 @@
+"""Worker targets used by the example configurations in this folder."""
