@@ -313,7 +313,7 @@ class Manager:
             os.setpgid(pid, pid)  # also done by the child; whichever runs first wins the race
         os.close(stop_r)
         os.close(result_w)
-        for (r, w), dest in zip(outputs, (1, 2), strict=True):
+        for (r, w), dest in zip(outputs, (1, 2), strict=False):
             os.close(w)
             os.set_blocking(r, False)
             slot.streams[r] = Splitter(slot.name, slot.id, self.sinks.setdefault(dest, Sink(dest)))

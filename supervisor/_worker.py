@@ -47,7 +47,7 @@ class Placement:
 def _detach_from_manager(p: Placement) -> None:
     os.setpgid(0, 0)
     if p.output_fds:
-        for fd, target in zip(p.output_fds, (1, 2), strict=True):
+        for fd, target in zip(p.output_fds, (1, 2), strict=False):
             os.dup2(fd, target)
             os.close(fd)
         for stream in (sys.stdout, sys.stderr):
