@@ -21,9 +21,10 @@ from . import _platform, containment
 from ._shm import ControlBlock
 
 
-def main(argv: list[str]) -> None:
-    conn_fd, control_fd, run_id = int(argv[0]), int(argv[1]), argv[2]
-    _platform.apply_flags(argv[3])
+def main() -> None:
+    """``argv[1:]``: the manager's socket fd, the control block fd, the run id, disabled flags."""
+    conn_fd, control_fd, run_id = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    _platform.apply_flags(sys.argv[4])
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)  # terminal and stray signals go to the owner, not here
     _platform.set_child_subreaper()
@@ -39,14 +40,16 @@ def main(argv: list[str]) -> None:
 
 
 def _manager_main(conn_fd: int, control_fd: int, run_id: str, run_dir: str | None) -> None:
+    import dill  # noqa: F401 - imported once here, so that every forked worker has it already
+
     from ._manager import Manager
 
     code = 0
     try:
         _platform.set_child_subreaper()
         _platform.raise_fd_limit()
+        os.set_inheritable(control_fd, False)  # kept open: "spawn" workers map it after their exec
         control = ControlBlock(control_fd)
-        os.close(control_fd)
         conn = socket.socket(fileno=conn_fd)
         cont: containment.Containment
         if run_dir is not None:
@@ -98,4 +101,4 @@ def clean_up(run_dir: str | None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

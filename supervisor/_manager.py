@@ -375,7 +375,9 @@ class Manager:
         elif msg[0] == "failed":
             slot.failure = msg[1]
         elif msg[0] == "stop":
-            self._begin_stop("requested", (None, None), exc=msg[1])
+            if msg[1] is not None:
+                self.send(("stop_exc", msg[1]))
+            self._begin_stop("requested", (None, None))
 
     def _close_fd(self, slot: Slot, attr: str) -> None:
         fd = getattr(slot, attr)
@@ -395,7 +397,7 @@ class Manager:
             slot.pool.term_timeout if term is None else term,
         )
 
-    def _begin_stop(self, reason: str, waits: Waits, exc: Any = None) -> None:
+    def _begin_stop(self, reason: str, waits: Waits) -> None:
         """Start (or hasten) the global stop: every live worker climbs the ladder from now on."""
         now = time.monotonic()
         self.control.stop_all()
@@ -403,7 +405,7 @@ class Manager:
             return  # nothing to stop: the report keeps the reason the workers ended for
         if self.stop_since is None:
             self.stop_since, self.stop_reason, self.stop_waits = now, reason, waits
-            self.send(("stopping", reason, exc))
+            self.send(("stopping", reason))
         else:
             self.stop_waits = tuple(  # type: ignore[assignment]
                 b if a is None else a if b is None else min(a, b) for a, b in zip(self.stop_waits, waits, strict=True)
@@ -463,7 +465,21 @@ class Manager:
             if slot is not None:
                 self._exited(slot, os.waitstatus_to_exitcode(status))
 
+    def _notice_stop_flag(self) -> None:
+        """A stop someone flagged in shared memory but whose message we have not read yet.
+
+        Workers see the flag at once and may exit before the request reaches us; begin the stop
+        first so that their outcome is ``stopped``, not ``completed``.
+        """
+        if self.stop_since is not None or not self.control.all_stopped():
+            return
+        for slot in self.slots.values():
+            self._on_result(slot)  # a worker's request (and its exception) may be waiting here
+        if self.stop_since is None:
+            self._begin_stop("requested", (None, None))
+
     def _exited(self, slot: Slot, exitcode: int) -> None:
+        self._notice_stop_flag()
         now = time.monotonic()
         self._on_result(slot)  # whatever it wrote before dying is in the pipe now
         for attr in ("result_r", "pidfd", "stop_w"):

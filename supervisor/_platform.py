@@ -156,6 +156,16 @@ def is_zombie(pid: int) -> bool:
         return True
 
 
+def python_entry(module: str, function: str) -> list[str]:
+    """argv for a fresh interpreter that runs ``supervisor.<module>.<function>()``.
+
+    The package's own folder goes first on ``sys.path``, so this works from a source checkout too.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"import sys; sys.path.insert(0, {root!r}); from supervisor.{module} import {function}; {function}()"
+    return [sys.executable, "-c", code]
+
+
 def raise_fd_limit() -> None:
     """Lift the soft open-file limit to the hard one: each worker costs the manager a few fds."""
     try:

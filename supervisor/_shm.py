@@ -36,11 +36,12 @@ def create_fd() -> int:
 
 
 class ControlBlock:
-    """A view on the control block mapped from ``fd`` (the fd may be closed afterwards)."""
+    """A view on the control block mapped from ``fd`` (the caller keeps or closes the fd)."""
 
-    __slots__ = ("mem",)
+    __slots__ = ("fd", "mem")
 
     def __init__(self, fd: int) -> None:
+        self.fd = fd
         self.mem = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
 
     @staticmethod

@@ -81,8 +81,51 @@ def child_main(p: Placement, control: ControlBlock, manager_fds: list[int]) -> N
             except OSError as exc:
                 print(f"supervisor: cannot run {p.pool.argv[0]!r}: {exc}", file=sys.stderr)
                 code = 127
+        elif p.pool.start_method == "spawn":
+            _exec_fresh_interpreter(p, control)
         else:
             code = _run_target(p, control)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        _flush()
+        os._exit(code)
+
+
+def _exec_fresh_interpreter(p: Placement, control: ControlBlock) -> NoReturn:
+    """The "spawn" start method: replace this forked child by a new interpreter running ``p``.
+
+    Process group, parent-death signal (kept across exec), cgroup and environment are already set.
+    """
+    import pickle
+    import tempfile
+
+    with tempfile.TemporaryFile() as f:
+        pickle.dump(p, f)
+        f.flush()
+        f.seek(0)
+        fd = os.dup(f.fileno())
+    for inherited in (fd, control.fd, p.stop_fd, p.result_fd):
+        os.set_inheritable(inherited, True)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        f"import sys; sys.path.insert(0, {pkg_parent!r}); from supervisor._worker import spawned_main; spawned_main()"
+    )
+    _flush()
+    os.execve(sys.executable, [sys.executable, "-c", code, str(fd), str(control.fd)], dict(os.environ))
+
+
+def spawned_main() -> NoReturn:
+    """Entry point of a "spawn" worker's fresh interpreter (see ``_exec_fresh_interpreter``)."""
+    import pickle
+
+    code = 1
+    try:
+        with os.fdopen(int(sys.argv[1]), "rb") as f:
+            p: Placement = pickle.load(f)
+        control = ControlBlock(int(sys.argv[2]))
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        code = _run_target(p, control)
     except BaseException:
         traceback.print_exc()
     finally:

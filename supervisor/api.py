@@ -76,21 +76,11 @@ class Supervisor:
         self._control = _shm.ControlBlock(control_fd)
         ours, theirs = socket.socketpair()
         self.run_id = uuid.uuid4().hex[:12]
-        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        code = (
-            f"import sys; sys.path.insert(0, {pkg_parent!r}); from supervisor._guardian import main; main(sys.argv[1:])"
-        )
+        argv = _platform.python_entry("_guardian", "main")
+        argv += [str(theirs.fileno()), str(control_fd), self.run_id, _platform.flags(cgroups)]
         try:
             self._proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    code,
-                    str(theirs.fileno()),
-                    str(control_fd),
-                    self.run_id,
-                    _platform.flags(cgroups),
-                ],
+                argv,
                 pass_fds=(theirs.fileno(), control_fd),
                 stdin=subprocess.DEVNULL,
                 process_group=0,
@@ -142,8 +132,9 @@ class Supervisor:
             self._spawn_replies[msg[1]] = msg[2]
         elif verb == "stopping":
             self._stop_reason = msg[1]
-            if msg[2] is not None and self._requested_exc is None:
-                self._requested_exc = unpack_exception(msg[2])
+        elif verb == "stop_exc":
+            if self._requested_exc is None:
+                self._requested_exc = unpack_exception(msg[1])
         elif verb == "failure":
             self._failures.append(msg[1])
         elif verb == "idle":
@@ -304,17 +295,19 @@ class Supervisor:
         A second call can only hasten a stop in progress: ``request_stop_for(r, 0, 0)`` skips
         straight to SIGKILL.
         """
-        self._control.stop_all()
         with self._cond:
             if exc is not None and self._requested_exc is None:
                 self._requested_exc = exc
-            if self._gone:
-                return
         try:
-            self._send(("stop", reason, (grace_period, term_timeout)))
+            # The message goes before the flag, so the manager knows the reason before any
+            # worker can see the flag and exit.
+            if not self._gone:
+                self._send(("stop", reason, (grace_period, term_timeout)))
         except RuntimeError:
             if not self._gone:  # a manager that went away while we sent has nothing left to stop
                 raise
+        finally:
+            self._control.stop_all()
 
     def should_stop(self) -> bool:
         """True once a stop was requested, by anyone."""
@@ -357,7 +350,6 @@ class Supervisor:
         """Request a stop and run the whole ladder; the final report. Idempotent, thread-safe."""
         check_duration("grace_period", grace_period, allow_none=True)
         check_duration("term_timeout", term_timeout, allow_none=True)
-        self._control.stop_all()
         with self._cond:
             if self._final is not None:
                 return self._final
@@ -369,6 +361,7 @@ class Supervisor:
                     self._send(("close",))
             except RuntimeError:
                 pass  # the manager is already gone (another stop() closed it): just collect its report
+            self._control.stop_all()
             self._cond.wait_for(lambda: self._gone)
             ticket = self._spawns_sent
             if self._idle is not None and self._idle[0] >= ticket:

@@ -162,6 +162,15 @@ def _cgroup_tree(path: str) -> list[str]:
     return out
 
 
+def cgroup_populated(path: str) -> bool:
+    """Whether any live process is in ``path`` or below (zombies do not count): one small read."""
+    try:
+        with open(os.path.join(path, "cgroup.events")) as f:
+            return "populated 1" in f.read()
+    except OSError:
+        return bool(cgroup_pids(path))
+
+
 def cgroup_pids(path: str) -> set[int]:
     pids: set[int] = set()
     for d in _cgroup_tree(path):
@@ -263,7 +272,8 @@ class CgroupContainment:
         pass
 
     def members(self, slot: int, pid: int | None, *, strays: bool = False) -> set[int]:
-        return {p for p in cgroup_pids(self._dir(slot)) if not _platform.is_zombie(p)}
+        path = self._dir(slot)
+        return cgroup_pids(path) if cgroup_populated(path) else set()
 
     def signal(self, slot: int, pid: int | None, sig: int, *, strays: bool = False) -> set[int]:
         targets = self.members(slot, pid)
@@ -278,11 +288,16 @@ class CgroupContainment:
         return targets
 
     def release(self, slot: int) -> None:
-        remove_cgroup(self._dir(slot))
+        try:
+            os.rmdir(self._dir(slot))
+        except FileNotFoundError:
+            pass
+        except OSError:  # cgroups the worker made below its own
+            remove_cgroup(self._dir(slot))
 
     def sweep(self) -> bool:
         """SIGKILL everything left in the run's cgroups; True if any process was found."""
-        if not {p for p in cgroup_pids(self.run_dir) if not _platform.is_zombie(p)}:
+        if not cgroup_populated(self.run_dir):
             return False
         with contextlib.suppress(OSError), open(os.path.join(self.run_dir, "cgroup.kill"), "w") as f:
             f.write("1")

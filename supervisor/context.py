@@ -58,8 +58,10 @@ class WorkerContext:
 
     def request_stop(self, exc: BaseException | None = None) -> None:
         """Ask every worker to stop; ``exc``, if given, is re-raised by the supervisor's ``join()``."""
-        self._control.stop_all()
-        _wire.send(self._result_fd, ("stop", pack_exception(exc) if exc is not None else None))
+        try:  # the message first: the manager should know who asked before others see the flag
+            _wire.send(self._result_fd, ("stop", pack_exception(exc) if exc is not None else None))
+        finally:
+            self._control.stop_all()
 
     def fileno(self) -> int:
         """A descriptor that becomes readable when this worker is asked to stop (for select/poll)."""

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import workers
+from conftest import wait_until
 
 from supervisor import Supervisor, WorkerFailed
 
@@ -245,3 +246,30 @@ def test_status_lists_every_slot() -> None:
         ]
         assert all(s.pid and s.state in ("starting", "running") and s.restarts == 0 for s in statuses)
     assert {s.state for s in sup.status()} == {"exited"}
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_start_methods_run_the_same_ladder(start_method: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    marker = tmp_path / "ran"
+    with Supervisor(grace_period=0.3, term_timeout=0.3) as sup:
+        sup.spawn(lambda ctx: marker.write_text(ctx.name), name="once", start_method=start_method)
+        sup.spawn(workers.cooperative, replicas=2, start_method=start_method)
+        sup.spawn(workers.term_ignorer, start_method=start_method)
+        assert wait_until(lambda: all(s.state != "starting" for s in sup.status()), 60)
+        time.sleep(0.3)
+    report = sup.stop()
+    assert marker.read_text() == "once.0"
+    assert report.counts() == {"completed": 1, "stopped": 2, "killed": 1}
+
+
+def test_workers_that_see_the_flag_before_the_manager_hears_of_it_count_as_stopped() -> None:
+    """Workers read the stop flag from shared memory at once; their outcome must still be stopped."""
+    for _ in range(3):
+        with Supervisor(grace_period=5, term_timeout=5) as sup:
+            sup.spawn(workers.cooperative, replicas=16)
+            sup.spawn(workers.request_stop_with, args=("now",))
+            with pytest.raises(RuntimeError, match="now"):
+                sup.join(timeout=60)
+        report = sup.stop()
+        assert report.counts() == {"stopped": 17}, report.counts()
+        assert report.reason == "requested"
