@@ -33,7 +33,9 @@ from ._worker import Placement, child_main
 from .containment import Containment
 from .errors import Failure
 from .ladder import Rung, Step, climb
+from .limits import MemoryCgroups
 from .report import Outcome, TeardownReport, WorkerReport, WorkerState, WorkerStatus, signal_name
+from .strategy import Member, Plan, Restarts
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 Waits = tuple[float | None, float | None]  # (grace_period, term_timeout); None: the pool's own
@@ -46,6 +48,18 @@ class Settings:
     max_restarts: int = 3
     restart_window: float = 60.0
     output: str = "inherit"  # "inherit": workers write to our stdout/stderr; "prefix": "name | line"
+    restart_backoff: float = 0.5
+    restart_backoff_max: float = 30.0
+
+    def restarts(self) -> Restarts:
+        return Restarts(
+            strategy=self.strategy,
+            max_restarts=self.max_restarts,
+            restart_window=self.restart_window,
+            backoff=self.restart_backoff,
+            backoff_max=self.restart_backoff_max,
+            backoff_reset=max(self.restart_window / 2, self.restart_backoff_max),
+        )
 
 
 @dataclass
@@ -55,6 +69,7 @@ class Slot:
     id: int
     pool: PoolSpec
     index: int
+    pool_order: int  # position of its pool in start order (for rest_for_one)
     notify: Callable[[Slot], None]
     state: WorkerState = WorkerState.STARTING
     pid: int | None = None
@@ -70,9 +85,14 @@ class Slot:
     rung: Rung | None = None  # set once this incarnation is asked to stop
     tree: Rung | None = None  # ladder for what the worker left behind after it exited
     signalled: set[int] = field(default_factory=set)  # descendants we sent TERM or KILL to
-    started_at: float | None = None
+    started_at: float | None = None  # time.time() of this incarnation's start
+    started_mono: float = 0.0
     stop_since: float | None = None
     exited_at: float | None = None
+    hung: str | None = None  # why this incarnation was declared hung (no heartbeat)
+    oom_kills: int = 0  # the slot's memory cgroup OOM-kill count when this incarnation started
+    oom_killed: bool = False
+    restart_at: float | None = None  # a restart is due at this monotonic time
 
     @property
     def name(self) -> str:
@@ -114,11 +134,20 @@ class Slot:
             error=self.error(),
         )
 
+    @property
+    def failed(self) -> bool:
+        """This incarnation failed, crashed or hung."""
+        return self.outcome in (Outcome.FAILED, Outcome.CRASHED) or self.hung is not None
+
     def error(self) -> str | None:
-        """What went wrong, for a failed or crashed worker."""
+        """What went wrong, for a failed, crashed or hung worker."""
+        if self.hung is not None:
+            return f"hung: {self.hung}"
         if self.outcome is Outcome.FAILED and self.failure is not None:
             return f"{self.failure[0]}: {self.failure[1]}"
         if self.outcome is Outcome.CRASHED:
+            if self.oom_killed:
+                return f"killed by the OOM killer (memory_limit {self.pool.memory_limit} bytes)"
             sig = signal_name(self.exitcode)
             return f"killed by {sig}" if sig else f"exited with code {self.exitcode}"
         return None
@@ -156,8 +185,10 @@ class Manager:
         self.closing = False  # the owner asked us to exit once everything is gone (or it died)
         self.idle_sent = False
         self.last_exit: float | None = None
-        self.restart_times: list[float] = []
+        self.restarts = self.settings.restarts()
+        self.groups: list[tuple[set[int], tuple[int, ...], float]] = []  # (waiting for, to restart, delay)
         self.sinks: dict[int, Sink] = {}  # our stdout/stderr, in "prefix" output mode
+        self.memory = MemoryCgroups(getattr(containment, "run_dir", None))
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -192,17 +223,20 @@ class Manager:
             signal.signal(sig, lambda *_: None)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._drain_wakeups)
         self.sel.register(self.conn, selectors.EVENT_READ, self._on_owner)
-        self.send(("hello", os.getpid(), self.containment.backend, _platform.HAVE_PIDFD))
+        self.send(("hello", os.getpid(), self.containment.backend, self.memory.kind))
         while True:
             for key, _ in self.sel.select(self._timeout()):
                 key.data()
             self._reap()
             self._climb()
+            self._restart_due()
+            self._check_heartbeats()
             for sink in self.sinks.values():
                 sink.flush()
             if self._finish():
                 break
         self.containment.close()
+        self.memory.close()
 
     def _timeout(self) -> float | None:
         times = [
@@ -211,6 +245,8 @@ class Manager:
             for r in (s.rung, s.tree)
             if r is not None and (t := r.next_time()) is not None
         ]
+        times += [s.restart_at for s in self.slots.values() if s.restart_at is not None]
+        times += self._heartbeat_deadlines()
         if any(s.tree is not None for s in self.slots.values()) or any(k.pending for k in self.sinks.values()):
             times.append(time.monotonic() + TREE_RECHECK)
         if not times:
@@ -254,6 +290,7 @@ class Manager:
         verb = msg[0]
         if verb == "configure":
             self.settings = msg[1]
+            self.restarts = self.settings.restarts()
         elif verb == "spawn":
             self._spawn(msg[1])
         elif verb == "stop":
@@ -275,7 +312,9 @@ class Manager:
         self.pool_names.append(pool.name)
         new = []
         for index in range(pool.replicas):
-            slot = Slot(id=len(self.slots), pool=pool, index=index, notify=self._notify)
+            slot = Slot(
+                id=len(self.slots), pool=pool, index=index, pool_order=len(self.pool_names), notify=self._notify
+            )
             self.slots[slot.id] = slot
             new.append(slot)
         for slot in new:
@@ -301,7 +340,9 @@ class Manager:
             result_fd=result_w,
             cgroup_procs=procs,
             output_fds=tuple(w for _, w in outputs),
+            memory_cgroup=self.memory.prepare(slot.id, slot.pool.memory_limit) if slot.pool.memory_limit else None,
         )
+        slot.oom_kills = self.memory.oom_kills(slot.id) if slot.pool.memory_limit else 0
         private = [*self._manager_fds(), stop_w, result_r, *(r for r, _ in outputs)]
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
@@ -322,10 +363,13 @@ class Manager:
         slot.pid, slot.stop_w, slot.result_r = pid, stop_w, result_r
         slot.reader = _wire.Reader()
         slot.pidfd = _platform.pidfd_open(pid)
-        slot.exitcode = slot.outcome = slot.failure = slot.rung = None
+        slot.exitcode = slot.outcome = slot.failure = slot.rung = slot.hung = slot.restart_at = None
+        slot.oom_killed = False
         slot.stop_since = slot.exited_at = None
         slot.signalled = set()
         slot.started_at = time.time()
+        slot.started_mono = time.monotonic()
+        self._event("started", slot, pid=pid, incarnation=slot.restarts)
         self.by_pid[pid] = slot
         self.containment.started(slot.id, pid)
         self.sel.register(result_r, selectors.EVENT_READ, lambda s=slot: self._on_result(s))
@@ -406,6 +450,10 @@ class Manager:
         if self.stop_since is None:
             self.stop_since, self.stop_reason, self.stop_waits = now, reason, waits
             self.send(("stopping", reason))
+            self._event("stopping", None, reason=reason)
+            self.groups.clear()
+            for slot in self.slots.values():
+                slot.restart_at = None
         else:
             self.stop_waits = tuple(  # type: ignore[assignment]
                 b if a is None else a if b is None else min(a, b) for a, b in zip(self.stop_waits, waits, strict=True)
@@ -418,7 +466,10 @@ class Manager:
                 slot.tree.tighten(now, 0.0, term)
 
     def _anything_running(self) -> bool:
-        return any(s.state is not WorkerState.EXITED or s.tree is not None for s in self.slots.values())
+        return any(
+            s.state is not WorkerState.EXITED or s.tree is not None or s.restart_at is not None
+            for s in self.slots.values()
+        ) or bool(self.groups)
 
     def _stop_slot(self, slot: Slot, now: float, grace: float, term: float) -> None:
         """Ask one worker to stop (cooperative step) and put it on the ladder."""
@@ -449,7 +500,9 @@ class Manager:
 
     def _signal_tree(self, slot: Slot, sig: int) -> None:
         pid = slot.pid if slot.state is not WorkerState.EXITED else None
-        slot.signalled |= self.containment.signal(slot.id, pid, sig)
+        hit = self.containment.signal(slot.id, pid, sig)
+        slot.signalled |= hit
+        self._event("escalated", slot, signal=signal.Signals(sig).name, processes=len(hit))
 
     # -- exits ----------------------------------------------------------------------------------
 
@@ -489,19 +542,31 @@ class Manager:
         slot.exitcode = exitcode
         slot.exited_at = now
         slot.outcome = decide_outcome(step, exitcode, slot.failure is not None)
+        if exitcode == -signal.SIGKILL and slot.pool.memory_limit and step < Step.KILL:
+            slot.oom_killed = self.memory.oom_kills(slot.id) > slot.oom_kills
         self.last_exit = now
         slot.transition(WorkerState.EXITED)
+        self._event(
+            "exited",
+            slot,
+            outcome=slot.outcome.value,
+            exitcode=exitcode,
+            signal=signal_name(exitcode),
+            error=slot.error(),
+        )
         self._sweep_tree(slot, now)
-        if slot.outcome in (Outcome.FAILED, Outcome.CRASHED):
-            self.send(("failure", self._failure(slot)))
-        if step is Step.NONE:
-            self._apply_strategy(slot)
+        if self.stop_since is not None:
+            if slot.failed:
+                self.send(("failure", self._failure(slot)))
+        elif step is Step.NONE or slot.hung is not None:
+            self._carry_out(slot, self.restarts.on_exit(self._member(slot), slot.failed, self._members()))
 
     def _failure(self, slot: Slot) -> Failure:
         if slot.failure is not None:
             type_name, message, tb, _ = slot.failure
             return Failure(slot.name, type_name, message, tb)
-        return Failure(slot.name, "WorkerCrashed", f"{slot.name} {slot.error()}", "")
+        kind = "WorkerHung" if slot.hung is not None else "WorkerCrashed"
+        return Failure(slot.name, kind, f"{slot.name} {slot.error()}", "")
 
     def _sweep_tree(self, slot: Slot, now: float) -> None:
         """End what a worker left behind: SIGTERM now, SIGKILL after its term timeout."""
@@ -513,22 +578,76 @@ class Manager:
         else:
             self.containment.release(slot.id)
 
-    def _apply_strategy(self, slot: Slot) -> None:
-        """A worker ended before any stop: restart it, stop everyone, or let it be."""
-        assert slot.outcome is not None
-        failed = slot.outcome in (Outcome.FAILED, Outcome.CRASHED)
-        policy = slot.pool.restart
-        if policy == "always" or (policy == "on-failure" and failed):
-            now = time.monotonic()
-            window = self.settings.restart_window
-            self.restart_times = [t for t in self.restart_times if now - t < window] + [now]
-            if len(self.restart_times) > self.settings.max_restarts:
-                self._begin_stop("restarts exhausted", (None, None))
-                return
-            slot.restarts += 1
-            self._start(slot)
-        elif failed and self.settings.strategy == "one_for_all":
-            self._begin_stop("failure", (None, None))
+    # -- restarts and heartbeats (the decisions are in strategy.py) -------------------------------
+
+    @staticmethod
+    def _member(slot: Slot) -> Member:
+        live = slot.state is not WorkerState.EXITED or slot.restart_at is not None
+        return Member(slot.id, slot.pool_order, slot.pool.restart, live)
+
+    def _members(self) -> list[Member]:
+        return [self._member(s) for s in self.slots.values()]
+
+    def _carry_out(self, slot: Slot, plan: Plan) -> None:
+        """Act on the strategy's plan for a worker that ended by itself (or hung)."""
+        if plan.failure:
+            self.send(("failure", self._failure(slot)))
+        if plan.end is not None:
+            self._begin_stop(plan.end, (None, None))
+            return
+        now = time.monotonic()
+        for key in plan.stop:
+            other = self.slots[key]
+            other.restart_at = None
+            if other.state is not WorkerState.EXITED:
+                self._stop_slot(other, now, *self._waits(other))
+        if plan.restart:
+            self.groups.append(({slot.id, *plan.stop}, plan.restart, plan.delay))
+            self._event("restarting", slot, slots=[self.slots[k].name for k in plan.restart], delay=plan.delay)
+
+    def _restart_due(self) -> None:
+        """Schedule groups whose every member has ended, and start the restarts that are due."""
+        if self.stop_since is not None:
+            return
+        now = time.monotonic()
+        for group in list(self.groups):
+            waiting, again, delay = group
+            if all(self.slots[k].state is WorkerState.EXITED and self.slots[k].tree is None for k in waiting):
+                self.groups.remove(group)
+                for key in again:
+                    self.slots[key].restart_at = now + delay
+        for slot in self.slots.values():
+            if slot.restart_at is not None and slot.restart_at <= now and slot.tree is None:
+                slot.restarts += 1
+                self._start(slot)
+
+    def _heartbeat_deadlines(self) -> list[float]:
+        out = []
+        for slot in self.slots.values():
+            timeout = slot.pool.heartbeat_timeout
+            if timeout is not None and slot.state is WorkerState.RUNNING and slot.rung is None:
+                out.append(max(self.control.last_beat(slot.id), slot.started_mono) + timeout)
+        return out
+
+    def _check_heartbeats(self) -> None:
+        """A worker silent for longer than its heartbeat timeout is hung: it alone is stopped."""
+        now = time.monotonic()
+        for slot in self.slots.values():
+            timeout = slot.pool.heartbeat_timeout
+            if timeout is None or slot.state is not WorkerState.RUNNING or slot.rung is not None:
+                continue
+            if now - max(self.control.last_beat(slot.id), slot.started_mono) >= timeout:
+                slot.hung = f"no heartbeat for {timeout:g} s"
+                self._event("hung", slot, reason=slot.hung)
+                self._stop_slot(slot, now, *self._waits(slot))
+
+    def _event(self, kind: str, slot: Slot | None, **fields: Any) -> None:
+        """One lifecycle event for the owner's log: what happened, to whom, when."""
+        event: dict[str, Any] = {"time": time.time(), "event": kind}
+        if slot is not None:
+            event["worker"] = slot.name
+        event.update(fields)
+        self.send(("event", event))
 
     # -- the end --------------------------------------------------------------------------------
 
@@ -554,7 +673,9 @@ class Manager:
 
     def _finish(self) -> bool:
         """Tell the owner when everything has ended; True when the manager should exit."""
-        if any(s.state is not WorkerState.EXITED or s.streams for s in self.slots.values()):
+        if self.groups or any(
+            s.state is not WorkerState.EXITED or s.streams or s.restart_at is not None for s in self.slots.values()
+        ):
             return False
         if not self._trees_done() or self._strays():
             return False
@@ -565,7 +686,7 @@ class Manager:
 
     def _report(self) -> TeardownReport:
         workers = [s.report() for s in self.slots.values()]
-        failed = any(w.outcome in (Outcome.FAILED.value, Outcome.CRASHED.value) for w in workers)
+        failed = any(s.failed for s in self.slots.values())
         reason = self.stop_reason if self.stop_reason is not None else "failure" if failed else "completed"
         duration = 0.0
         if self.stop_since is not None:

@@ -30,6 +30,9 @@ class PoolSpec:
     env: dict[str, str] = field(default_factory=dict)
     sys_path: tuple[str, ...] = ()
     start_method: str = "fork"
+    memory_limit: int | None = None  # bytes
+    cpu_affinity: tuple[int, ...] | None = None
+    nice: int | None = None
 
 
 def check_duration(name: str, value: float | None, *, allow_none: bool = False, positive: bool = False) -> None:

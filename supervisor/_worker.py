@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass
 from typing import NoReturn
 
-from . import _platform, _wire, containment
+from . import _platform, _wire, containment, limits
 from ._shm import ControlBlock
 from ._spec import PoolSpec
 from .context import WorkerContext, pack_exception
@@ -38,6 +38,7 @@ class Placement:
     result_fd: int  # write end of the pipe to the manager
     cgroup_procs: str | None
     output_fds: tuple[int, ...] = ()  # write ends to become stdout and stderr ("prefix" output mode)
+    memory_cgroup: str | None = None  # cgroup.procs of the slot's memory cgroup (memory_limit)
 
     @property
     def name(self) -> str:
@@ -55,6 +56,7 @@ def _detach_from_manager(p: Placement) -> None:
     if _platform.set_parent_death_signal(signal.SIGKILL) and os.getppid() != p.manager_pid:
         os._exit(137)  # the manager died before the prctl took effect
     containment.enrol(p.cgroup_procs)
+    limits.apply_in_child(p.pool.memory_limit, p.memory_cgroup, p.pool.cpu_affinity, p.pool.nice)
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
@@ -73,7 +75,11 @@ def child_main(p: Placement, control: ControlBlock, manager_fds: list[int]) -> N
         for fd in manager_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        _detach_from_manager(p)
+        try:
+            _detach_from_manager(p)
+        except Exception as exc:  # a limit that cannot be applied: the worker fails, saying why
+            _wire.send(p.result_fd, ("failed", pack_exception(exc)))
+            raise
         if p.pool.argv is not None:
             _wire.send(p.result_fd, ("ready",))
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from ._manager import Settings
 from ._spec import RESTART_POLICIES, START_METHODS, STRATEGIES, PoolSpec, check_duration, parse_signal
 from .context import unpack_exception
 from .errors import Failure, WorkerFailed
+from .limits import parse_size
 from .report import TeardownReport, WorkerStatus
 
 START_TIMEOUT = 60.0  # seconds to wait for the manager's hello before giving up
@@ -42,12 +44,17 @@ class Supervisor:
         strategy: str = "one_for_all",
         max_restarts: int = 3,
         restart_window: float = 60.0,
+        restart_backoff: float = 0.5,
+        restart_backoff_max: float = 30.0,
+        events: str | os.PathLike[str] | None = None,
         cgroups: bool = True,
         output: str = "inherit",
     ) -> None:
         check_duration("grace_period", grace_period)
         check_duration("term_timeout", term_timeout)
         check_duration("restart_window", restart_window, positive=True)
+        check_duration("restart_backoff", restart_backoff)
+        check_duration("restart_backoff_max", restart_backoff_max)
         if output not in ("inherit", "prefix"):
             raise ValueError(f"output must be 'inherit' or 'prefix', not {output!r}")
         if strategy not in STRATEGIES:
@@ -67,10 +74,12 @@ class Supervisor:
         self._spawns_sent = 0
         self._spawn_replies: dict[int, str | None] = {}
         self._idle: tuple[int, TeardownReport] | None = None  # (spawns seen, report) of the last idle
-        self._manager: tuple[int, str] | None = None  # (pid, containment backend), once it said hello
+        self._manager: tuple[int, str, str] | None = None  # (pid, containment, memory limits), after hello
         self._gone = False  # the manager's socket closed
         self._closing = False  # stop() has sent "close"; no more spawns
         self._final: TeardownReport | None = None
+        self._events: list[dict[str, Any]] = []  # the lifecycle event log, oldest first
+        self._events_file = open(events, "a", encoding="utf-8") if events is not None else None  # noqa: SIM115
 
         control_fd = _shm.create_fd()
         self._control = _shm.ControlBlock(control_fd)
@@ -98,7 +107,19 @@ class Supervisor:
                 raise RuntimeError("the supervisor's manager process did not start")
             if self._manager is None:
                 raise RuntimeError("the supervisor's manager process died while starting")
-        self._send(("configure", Settings(strategy, max_restarts, float(restart_window), output)))
+        self._send(
+            (
+                "configure",
+                Settings(
+                    strategy,
+                    max_restarts,
+                    float(restart_window),
+                    output,
+                    float(restart_backoff),
+                    float(restart_backoff_max),
+                ),
+            )
+        )
         _live.add(self)
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -139,8 +160,13 @@ class Supervisor:
             self._failures.append(msg[1])
         elif verb == "idle":
             self._idle = (msg[1], msg[2])
+        elif verb == "event":
+            self._events.append(msg[1])
+            if self._events_file is not None:
+                self._events_file.write(json.dumps(msg[1]) + "\n")
+                self._events_file.flush()
         elif verb == "hello":
-            self._manager = (msg[1], msg[2])
+            self._manager = (msg[1], msg[2], msg[3])
 
     def _kill_manager(self) -> None:
         """Last resort when the manager does not answer: its guardian tree dies with it."""
@@ -158,6 +184,11 @@ class Supervisor:
     def containment(self) -> str:
         """The containment backend the manager chose: ``cgroup`` or ``process-group``."""
         return self._manager[1] if self._manager else "unknown"
+
+    @property
+    def memory_limits(self) -> str:
+        """How ``memory_limit`` is enforced: ``cgroup2``, ``cgroup1`` (both detect OOM kills) or ``rlimit``."""
+        return self._manager[2] if self._manager else "unknown"
 
     @property
     def pid(self) -> int | None:
@@ -178,8 +209,14 @@ class Supervisor:
         heartbeat_timeout: float | None = None,
         env: Mapping[str, str] | None = None,
         start_method: str = "fork",
+        memory_limit: int | str | None = None,
+        cpu_affinity: Sequence[int] | None = None,
+        nice: int | None = None,
     ) -> list[WorkerStatus]:
-        """Start ``replicas`` processes, each calling ``target(ctx, *args, **kwargs)``."""
+        """Start ``replicas`` processes, each calling ``target(ctx, *args, **kwargs)``.
+
+        ``memory_limit`` (bytes or ``"512MiB"``), ``cpu_affinity`` and ``nice`` apply to each worker.
+        """
         import dill
 
         if not callable(target):
@@ -188,18 +225,11 @@ class Supervisor:
             payload = dill.dumps((target, tuple(args), dict(kwargs or {})), recurse=True)
         except Exception as exc:
             raise TypeError(f"cannot send {target!r} and its arguments to a worker: {exc}") from exc
-        pool_name = name or getattr(target, "__name__", "worker").replace("<lambda>", "lambda")
-        return self._spawn_pool(
-            pool_name,
-            replicas,
-            restart,
-            grace_period,
-            term_timeout,
-            heartbeat_timeout,
-            env,
-            start_method,
-            payload=payload,
-        )
+        options: dict[str, Any] = dict(restart=restart, grace_period=grace_period, term_timeout=term_timeout)
+        options |= dict(heartbeat_timeout=heartbeat_timeout, env=env, memory_limit=memory_limit)
+        options |= dict(cpu_affinity=cpu_affinity, nice=nice, start_method=start_method, payload=payload)
+        name = name or getattr(target, "__name__", "worker").replace("<lambda>", "lambda")
+        return self._submit(self._pool(name, replicas, **options))
 
     def spawn_command(
         self,
@@ -213,60 +243,71 @@ class Supervisor:
         term_timeout: float | None = None,
         heartbeat_timeout: float | None = None,
         env: Mapping[str, str] | None = None,
+        memory_limit: int | str | None = None,
+        cpu_affinity: Sequence[int] | None = None,
+        nice: int | None = None,
     ) -> list[WorkerStatus]:
         """Run an external program as a worker; its cooperative step is ``stop_signal``."""
         if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
             raise TypeError("argv must be a non-empty list of strings")
-        pool_name = name or os.path.basename(argv[0])
-        return self._spawn_pool(
-            pool_name,
-            replicas,
-            restart,
-            grace_period,
-            term_timeout,
-            heartbeat_timeout,
-            env,
-            "fork",
-            argv=tuple(argv),
-            stop_signal=parse_signal(stop_signal),
-        )
+        options: dict[str, Any] = dict(restart=restart, grace_period=grace_period, term_timeout=term_timeout)
+        options |= dict(heartbeat_timeout=heartbeat_timeout, env=env, memory_limit=memory_limit)
+        options |= dict(cpu_affinity=cpu_affinity, nice=nice, argv=tuple(argv), stop_signal=parse_signal(stop_signal))
+        return self._submit(self._pool(name or os.path.basename(argv[0]), replicas, **options))
 
-    def _spawn_pool(
+    def _pool(
         self,
         name: str,
         replicas: int,
+        *,
         restart: str,
         grace_period: float | None,
         term_timeout: float | None,
         heartbeat_timeout: float | None,
         env: Mapping[str, str] | None,
-        start_method: str,
+        memory_limit: int | str | None,
+        cpu_affinity: Sequence[int] | None,
+        nice: int | None,
         **what: Any,
-    ) -> list[WorkerStatus]:
+    ) -> PoolSpec:
+        """Validate one pool's options (ValueError/TypeError) and resolve its timeouts."""
         if not name or any(c in name for c in " .:/\n"):
             raise ValueError(f"pool name {name!r} must be non-empty, without spaces, dots, colons or slashes")
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ValueError(f"replicas must be a whole number >= 1, not {replicas!r}")
         if restart not in RESTART_POLICIES:
             raise ValueError(f"restart must be one of {', '.join(RESTART_POLICIES)}, not {restart!r}")
-        if start_method not in START_METHODS:
-            raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, not {start_method!r}")
+        if what.get("start_method", "fork") not in START_METHODS:
+            raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, not {what['start_method']!r}")
         check_duration("grace_period", grace_period, allow_none=True)
         check_duration("term_timeout", term_timeout, allow_none=True)
         check_duration("heartbeat_timeout", heartbeat_timeout, allow_none=True, positive=True)
-        env_map = {str(k): str(v) for k, v in (env or {}).items()}
-        pool = PoolSpec(
+        if cpu_affinity is not None:
+            if not hasattr(os, "sched_setaffinity"):
+                raise ValueError("cpu_affinity is not supported on this platform")
+            if not cpu_affinity or not all(
+                isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in cpu_affinity
+            ):
+                raise ValueError(f"cpu_affinity must be a non-empty list of CPU numbers, not {cpu_affinity!r}")
+        if nice is not None and (isinstance(nice, bool) or not isinstance(nice, int) or not -20 <= nice <= 19):
+            raise ValueError(f"nice must be a whole number from -20 to 19, not {nice!r}")
+        return PoolSpec(
             name=name,
             replicas=replicas,
             grace_period=self.grace_period if grace_period is None else float(grace_period),
             term_timeout=self.term_timeout if term_timeout is None else float(term_timeout),
             restart=restart,
             heartbeat_timeout=heartbeat_timeout,
-            env=env_map,
+            env={str(k): str(v) for k, v in (env or {}).items()},
             sys_path=tuple(sys.path),
-            start_method=start_method,
+            memory_limit=None if memory_limit is None else parse_size(memory_limit),
+            cpu_affinity=None if cpu_affinity is None else tuple(cpu_affinity),
+            nice=nice,
             **what,
         )
+
+    def _submit(self, pool: PoolSpec) -> list[WorkerStatus]:
+        name = pool.name
         with self._cond:
             if self._closing or self._gone:
                 raise RuntimeError("this supervisor has been stopped; create a new one")
@@ -312,6 +353,11 @@ class Supervisor:
     def should_stop(self) -> bool:
         """True once a stop was requested, by anyone."""
         return self._control.all_stopped()
+
+    def events(self) -> list[dict[str, Any]]:
+        """The lifecycle events so far (started, exited, hung, restarting, escalated, stopping)."""
+        with self._cond:
+            return list(self._events)
 
     def status(self) -> list[WorkerStatus]:
         """One entry per worker slot, in start order."""
@@ -368,6 +414,8 @@ class Supervisor:
                 self._final = self._idle[1]
         self._proc.wait()
         self._sock.close()
+        if self._events_file is not None:
+            self._events_file.close()
         _live.discard(self)
         with self._cond:
             if self._final is None:

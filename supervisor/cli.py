@@ -80,8 +80,14 @@ def main() -> None:
 @click.option("--term-timeout", type=Duration(), help="Override every pool's wait between SIGTERM and SIGKILL.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the teardown report as JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as one JSON line instead of a table.")
+@click.option("--events", "events_path", type=click.Path(dir_okay=False), help="Append lifecycle events as JSON lines.")
 def run(
-    config: str, grace_period: float | None, term_timeout: float | None, report_path: str | None, as_json: bool
+    config: str,
+    grace_period: float | None,
+    term_timeout: float | None,
+    report_path: str | None,
+    as_json: bool,
+    events_path: str | None,
 ) -> None:
     """Run the pools of CONFIG in the foreground until they finish.
 
@@ -95,10 +101,12 @@ def run(
       supervisor run configs/demo.yaml --grace-period 1s --report /tmp/report.json
     """
     cfg = _load(config)
-    sys.exit(_run(cfg, grace_period, term_timeout, report_path, as_json))
+    sys.exit(_run(cfg, grace_period, term_timeout, report_path, as_json, events_path))
 
 
-def _run(cfg: Config, grace: float | None, term: float | None, report_path: str | None, as_json: bool) -> int:
+def _run(
+    cfg: Config, grace: float | None, term: float | None, report_path: str | None, as_json: bool, events: str | None
+) -> int:
     sys.path.insert(0, cfg.directory)
     targets = {p.name: resolve_target(cfg, p) for p in cfg.pools if p.target is not None}
     try:
@@ -111,6 +119,9 @@ def _run(cfg: Config, grace: float | None, term: float | None, report_path: str 
         strategy=cfg.strategy,
         max_restarts=cfg.max_restarts,
         restart_window=cfg.restart_window,
+        restart_backoff=cfg.restart_backoff,
+        restart_backoff_max=cfg.restart_backoff_max,
+        events=events,
         output="prefix",
     )
     signals = _SignalRelay(sup)
@@ -126,6 +137,9 @@ def _run(cfg: Config, grace: float | None, term: float | None, report_path: str 
                 "term_timeout": pool.term_timeout if term is None else term,
                 "heartbeat_timeout": pool.heartbeat_timeout,
                 "env": pool.env,
+                "memory_limit": pool.memory_limit,
+                "cpu_affinity": pool.cpu_affinity,
+                "nice": pool.nice,
             }
             if pool.command is not None:
                 sup.spawn_command(list(pool.command), stop_signal=pool.stop_signal, **common)

@@ -16,18 +16,23 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ._spec import RESTART_POLICIES, START_METHODS, STRATEGIES, parse_signal
 from .errors import ConfigError
+from .limits import parse_size
 
-TOP_KEYS = ("grace_period", "term_timeout", "strategy", "max_restarts", "restart_window", "pools")
+TOP_KEYS = (
+    *("grace_period", "term_timeout", "strategy", "max_restarts", "restart_window"),
+    *("restart_backoff", "restart_backoff_max", "pools"),
+)
 POOL_KEYS = (
     *("name", "target", "command", "replicas", "args", "kwargs", "restart", "grace_period"),
     *("term_timeout", "heartbeat_timeout", "env", "stop_signal", "start_method"),
+    *("memory_limit", "cpu_affinity", "nice"),
 )
 TARGET_ONLY = ("args", "kwargs", "start_method")
 DURATION_FORMS = "use a number of seconds or a number with ms, s, m or h"
@@ -57,6 +62,9 @@ class PoolConfig:
     env: dict[str, str] = field(default_factory=dict)
     stop_signal: str = "SIGTERM"
     start_method: str = "fork"
+    memory_limit: int | None = None  # bytes
+    cpu_affinity: tuple[int, ...] | None = None
+    nice: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,8 @@ class Config:
     strategy: str = "one_for_all"
     max_restarts: int = 3
     restart_window: float = 60.0
+    restart_backoff: float = 0.5
+    restart_backoff_max: float = 30.0
     pools: tuple[PoolConfig, ...] = ()
 
 
@@ -159,13 +169,24 @@ class _Walker:
             raise self.error(node, field, f"must be a string, number or bool, not {self.describe(node)}")
         return value
 
-    def integer(self, node: Node, field: str, minimum: int) -> int:
+    def integer(self, node: Node, field: str, minimum: int, maximum: int | None = None) -> int:
         value = self.value(node, field)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(node, field, f"must be a whole number, not {self.describe(node)}")
         if value < minimum:
             raise self.error(node, field, f"must be at least {minimum}, not {value}")
+        if maximum is not None and value > maximum:
+            raise self.error(node, field, f"must be at most {maximum}, not {value}")
         return value
+
+    def size(self, node: Node, field: str) -> int:
+        try:
+            return parse_size(self.value(node, field))
+        except ValueError as exc:
+            raise self.error(node, field, str(exc)) from None
+
+    def fail(self, node: Node, field: str, message: str) -> NoReturn:
+        raise self.error(node, field, message)
 
     def duration(self, node: Node, field: str, *, positive: bool = False) -> float:
         try:
@@ -210,6 +231,8 @@ def load_config(path: str, *, import_targets: bool = True) -> Config:
         "restart_window": lambda n, f: w.duration(n, f, positive=True),
         "strategy": lambda n, f: w.choice(n, f, "strategy", STRATEGIES),
         "max_restarts": lambda n, f: w.integer(n, f, 0),
+        "restart_backoff": w.duration,
+        "restart_backoff_max": w.duration,
     }
     settings = {key: parsers[key](node, key) for key, node in top.items() if key != "pools"}
     if "pools" not in top:
@@ -262,6 +285,9 @@ def _pool(w: _Walker, index: int, node: Node, seen: dict[str, int], directory: s
         "env": lambda n, f: {k: w.text(v, f"{f}.{k}") for k, v in w.string_keyed(n, f)},
         "stop_signal": lambda n, f: _signal_name(w, n, f),
         "start_method": lambda n, f: w.choice(n, f, "start method", START_METHODS),
+        "memory_limit": lambda n, f: w.size(n, f),
+        "cpu_affinity": lambda n, f: tuple(w.integer(item, f, 0) for item in w.items(n, f)) or w.fail(n, f, "empty"),
+        "nice": lambda n, f: w.integer(n, f, -20, maximum=19),
     }
     got: dict[str, Any] = {"target": None, "command": None}
     got.update((key, parsers[key](value, f"{label}.{key}")) for key, value in keys.items() if key != "name")
@@ -371,4 +397,8 @@ def plan(config: Config) -> str:
         heartbeat = "off" if pool.heartbeat_timeout is None else secs(pool.heartbeat_timeout)
         out.append(f"  restart {pool.restart}; grace_period {grace}, term_timeout {term}; heartbeat {heartbeat}")
         out.append(f"  env: {', '.join(sorted(pool.env)) or '(none added)'}")
+        limits = [f"{k} {v}" for k, v in (("memory_limit", pool.memory_limit), ("cpu_affinity", pool.cpu_affinity),
+                                           ("nice", pool.nice)) if v is not None]  # fmt: skip
+        if limits:
+            out.append(f"  limits: {', '.join(limits)}")
     return "\n".join(out)

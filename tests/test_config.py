@@ -84,7 +84,8 @@ MALFORMED = [
     (
         "strategy: one_for_one\npool: []\n",
         "PATH:2: pool: unknown key 'pool' "
-        "(allowed: grace_period, max_restarts, pools, restart_window, strategy, term_timeout)",
+        "(allowed: grace_period, max_restarts, pools, restart_backoff, restart_backoff_max, restart_window, "
+        "strategy, term_timeout)",
     ),
     (
         """\
@@ -93,8 +94,9 @@ MALFORMED = [
             target: MOD:work
             replica: 2
         """,
-        "PATH:4: pools.a.replica: unknown key 'replica' (allowed: args, command, env, grace_period, "
-        "heartbeat_timeout, kwargs, name, replicas, restart, start_method, stop_signal, target, term_timeout)",
+        "PATH:4: pools.a.replica: unknown key 'replica' (allowed: args, command, cpu_affinity, env, grace_period, "
+        "heartbeat_timeout, kwargs, memory_limit, name, nice, replicas, restart, start_method, stop_signal, target, "
+        "term_timeout)",
     ),
     (
         ONE_POOL + "    replicas: 2\n    replicas: 3\n",
@@ -222,6 +224,18 @@ MALFORMED = [
     (
         ONE_POOL + "  - name: b\n    command: [sleep, '1']\n  - name: a\n    command: [sleep, '1']\n",
         "PATH:6: pools[2].name: duplicate pool name 'a' (first at line 2)",
+    ),
+    (
+        ONE_POOL + "    memory_limit: lots\n",
+        "PATH:4: pools.a.memory_limit: bad size 'lots' (use bytes, or a number with KiB, MiB, GiB, KB, MB or GB)",
+    ),
+    (ONE_POOL + "    memory_limit: 0\n", "PATH:4: pools.a.memory_limit: size must be positive, not 0"),
+    (ONE_POOL + "    nice: 40\n", "PATH:4: pools.a.nice: must be at most 19, not 40"),
+    (ONE_POOL + "    cpu_affinity: []\n", "PATH:4: pools.a.cpu_affinity: empty"),
+    (ONE_POOL + "    cpu_affinity: [0, x]\n", "PATH:4: pools.a.cpu_affinity: must be a whole number, not 'x'"),
+    (
+        "restart_backoff: often\n" + ONE_POOL,
+        "PATH:1: restart_backoff: bad duration 'often' (use a number of seconds or a number with ms, s, m or h)",
     ),
 ]
 

@@ -151,3 +151,31 @@ def request_stop_with(ctx: WorkerContext, message: str) -> None:
 def env_reporter(ctx: WorkerContext, path: str, key: str) -> None:
     with open(path, "w") as f:
         f.write(f"{ctx.name} {ctx.pool} {ctx.index} {os.environ.get(key)}")
+
+
+def crash_once(ctx: WorkerContext, flag: str) -> None:
+    """The first incarnation crashes; later ones run cooperatively."""
+    if not os.path.exists(flag):
+        open(flag, "w").close()
+        os._exit(3)
+    cooperative(ctx)
+
+
+def always_crash(ctx: WorkerContext) -> None:
+    os._exit(7)
+
+
+def silent_sleeper(ctx: WorkerContext) -> None:
+    """Never beats, never looks at the context: a hung worker."""
+    time.sleep(3600)
+
+
+def allocate(ctx: WorkerContext, megabytes: int) -> None:
+    """Touch ``megabytes`` MiB, 16 MiB at a time (to meet a memory limit)."""
+    blocks = [b"\x01" * (16 << 20) for _ in range(megabytes // 16)]
+    print(f"allocated {len(blocks) * 16} MiB")
+
+
+def report_placement(ctx: WorkerContext, path: str) -> None:
+    with open(path, "w") as f:
+        f.write(f"{sorted(os.sched_getaffinity(0))} {os.getpriority(os.PRIO_PROCESS, 0)}")
