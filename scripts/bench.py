@@ -8,6 +8,8 @@ Each figure is the median of K runs (min and max shown). Metrics:
   Process start loops and a raw ``os.fork`` loop (children signal readiness over a pipe);
 - ``cooperative``: request_stop() to the last worker reaped, N workers blocked in ``ctx.wait()``,
   vs ``multiprocess`` children blocked in ``Event.wait()`` (set, then join all);
+- ``crash``: a worker SIGKILLed from outside (N = 8): time until the manager notices, and until its
+  replacement runs, vs a parent woken by a pidfd;
 - ``teardown``: stop() of N mixed workers (cooperative, sleeping, SIGTERM-ignoring, done) with
   grace 0.5 s and term 0.5 s; the overshoot past grace + term, vs the floor of SIGKILLing and
   reaping N raw children.
@@ -195,6 +197,50 @@ def raw_forced_stop(n: int) -> float:
     return time.perf_counter() - t0
 
 
+def _crash(n: int, until: str) -> float:
+    """SIGKILL one of N running workers from outside; seconds until the manager noticed it
+    (``until="notice"``: its exit event's timestamp) or its replacement runs (``"replacement"``)."""
+    sup = Supervisor(strategy="one_for_one", grace_period=0, term_timeout=0)
+    try:
+        sup.spawn(_coop, replicas=n, restart="always")
+        _all_running(sup, n)
+        time.sleep(0.1)
+        victim = sup.status()[0]
+        assert victim.pid is not None
+        t0 = time.time()
+        os.kill(victim.pid, signal.SIGKILL)
+        if until == "notice":
+            with sup._cond:
+                sup._cond.wait_for(lambda: any(e["event"] == "exited" for e in sup._events), 30)
+                return float(next(e["time"] for e in sup._events if e["event"] == "exited")) - t0
+        with sup._cond:
+            sup._cond.wait_for(
+                lambda: sup._statuses[victim.name].restarts == 1 and sup._statuses[victim.name].state == "running", 30
+            )
+        return time.time() - t0
+    finally:
+        sup.stop()
+
+
+def raw_pidfd_notice(n: int) -> float:
+    """Floor: SIGKILL a raw child; time until a pidfd poll in the parent wakes."""
+    import select
+
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(3600)
+        os._exit(0)
+    fd = os.pidfd_open(pid)
+    time.sleep(0.05)
+    t0 = time.time()
+    os.kill(pid, signal.SIGKILL)
+    select.select([fd], [], [])
+    took = time.time() - t0
+    os.waitpid(pid, 0)
+    os.close(fd)
+    return took
+
+
 # -- the runner ----------------------------------------------------------------------------------
 
 
@@ -217,6 +263,11 @@ def suite(sizes: list[int]) -> dict[str, list[tuple[str, int, Callable[[], float
             *cases("ours request_stop -> all reaped", ours_cooperative),
             *cases("floor: multiprocess Event.set -> all joined", mp_cooperative),
         ],
+        "crash": [
+            *cases("ours SIGKILL -> manager notices", lambda n: _crash(n, "notice"), 8),
+            *cases("ours SIGKILL -> replacement running", lambda n: _crash(n, "replacement"), 8),
+            *cases("floor: SIGKILL -> pidfd wakes the parent", raw_pidfd_notice, 8),
+        ],
         "teardown": [
             *cases("ours overshoot past grace+term", ours_teardown),
             *cases("floor: SIGKILL + reap raw children", raw_forced_stop),
@@ -227,7 +278,7 @@ def suite(sizes: list[int]) -> dict[str, list[tuple[str, int, Callable[[], float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N = 8 and 64 only, 3 runs")
-    parser.add_argument("--only", choices=["startup", "cooperative", "teardown"], help="one metric only")
+    parser.add_argument("--only", choices=["startup", "cooperative", "crash", "teardown"], help="one metric only")
     parser.add_argument("--runs", type=int, default=None, help="repetitions per figure (default 7, quick 3)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args()
