@@ -223,7 +223,8 @@ class Manager:
             signal.signal(sig, lambda *_: None)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._drain_wakeups)
         self.sel.register(self.conn, selectors.EVENT_READ, self._on_owner)
-        self.send(("hello", os.getpid(), self.containment.backend, self.memory.kind))
+        run_dir = getattr(self.containment, "run_dir", None)
+        self.send(("hello", os.getpid(), self.containment.backend, self.memory.kind, run_dir))
         while True:
             for key, _ in self.sel.select(self._timeout()):
                 key.data()

@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from . import _platform, _shm, _wire
+from . import _platform, _shm, _wire, containment
 from ._manager import Settings
 from ._spec import RESTART_POLICIES, START_METHODS, STRATEGIES, PoolSpec, check_duration, parse_signal
 from .context import unpack_exception
@@ -78,6 +78,7 @@ class Supervisor:
         self._gone = False  # the manager's socket closed
         self._closing = False  # stop() has sent "close"; no more spawns
         self._final: TeardownReport | None = None
+        self._run_dir: str | None = None  # the run's cgroup (cgroup containment only)
         self._events: list[dict[str, Any]] = []  # the lifecycle event log, oldest first
         self._events_file = open(events, "a", encoding="utf-8") if events is not None else None  # noqa: SIM115
 
@@ -144,6 +145,11 @@ class Supervisor:
         with self._cond:
             self._gone = True
             self._cond.notify_all()
+            unexpected = not self._closing and self._manager is not None
+        if unexpected and self._run_dir is not None:
+            # The manager died without being asked to, and maybe its guardian with it (a kill of
+            # their process group): whatever escaped into the run's cgroup dies here.
+            containment.kill_cgroup(self._run_dir)
 
     def _dispatch(self, msg: tuple[Any, ...]) -> None:
         verb = msg[0]
@@ -167,6 +173,7 @@ class Supervisor:
                 self._events_file.flush()
         elif verb == "hello":
             self._manager = (msg[1], msg[2], msg[3])
+            self._run_dir = msg[4]
 
     def _kill_manager(self) -> None:
         """Last resort when the manager does not answer: its guardian tree dies with it."""

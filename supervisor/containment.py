@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
+import time
 from collections.abc import Iterable
 
 from . import _platform
@@ -179,6 +181,25 @@ def cgroup_pids(path: str) -> set[int]:
     return pids
 
 
+def wait_empty(path: str, timeout: float) -> bool:
+    """Wait (without polling: ``cgroup.events`` signals changes) until ``path`` has no live process."""
+    deadline = time.monotonic() + timeout
+    try:
+        with open(os.path.join(path, "cgroup.events"), "rb", buffering=0) as f:
+            waiter = select.poll()
+            waiter.register(f, select.POLLPRI | select.POLLERR)
+            while True:
+                f.seek(0)
+                if b"populated 0" in f.read():
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                waiter.poll(left * 1000)
+    except OSError:
+        return not cgroup_pids(path)
+
+
 def kill_cgroup(path: str) -> None:
     """SIGKILL everything in ``path`` and below, racing no fork; then remove the directories."""
     try:
@@ -190,6 +211,7 @@ def kill_cgroup(path: str) -> None:
             if not pids:
                 break
             _signal_each(pids, signal.SIGKILL)
+    wait_empty(path, 5.0)  # SIGKILL is delivered asynchronously; rmdir needs the cgroup empty
     remove_cgroup(path)
 
 

@@ -146,18 +146,55 @@ def start_owner(backend: str, tmp_path) -> tuple[subprocess.Popen[str], int]:  #
 
 
 def test_owner_sigkilled_leaves_no_survivors(backend: str, tmp_path, token: str) -> None:  # type: ignore[no-untyped-def]
+    before = run_cgroup_dirs()
     owner, _ = start_owner(backend, tmp_path)
     assert len(processes_with(token)) >= 2 + 8 + 8  # guardian, manager, 8 workers, 8 descendants
     owner.kill()
     owner.wait()
     assert wait_until(lambda: not processes_with(token), 5), processes_with(token)
+    assert wait_until(lambda: run_cgroup_dirs() <= before, 5)
 
 
 def test_manager_sigkilled_leaves_no_survivors(backend: str, tmp_path, token: str) -> None:  # type: ignore[no-untyped-def]
+    before = run_cgroup_dirs()
     owner, manager = start_owner(backend, tmp_path)
     os.kill(manager, signal.SIGKILL)
     try:
         assert wait_until(lambda: set(processes_with(token)) <= {owner.pid}, 5), processes_with(token)
+        assert wait_until(lambda: run_cgroup_dirs() <= before, 5)
     finally:
         owner.kill()
         owner.wait()
+
+
+def test_guardian_and_manager_sigkilled_together_leave_no_survivors(tmp_path, token: str) -> None:  # type: ignore[no-untyped-def]
+    """Killing their process group takes both; the owner then empties the run's cgroup."""
+    sup = make("cgroup", grace_period=30, term_timeout=30)
+    sup.spawn(workers.setsid_escaper, replicas=2, args=(str(tmp_path / "esc"),), kwargs={"then": "sleep"})
+    escaped = read_pid(str(tmp_path / "esc"))
+    assert sup.pid is not None
+    os.killpg(os.getpgid(sup.pid), signal.SIGKILL)
+    assert wait_until(lambda: not processes_with(token), 5), processes_with(token)
+    assert not pid_alive(escaped)
+    assert sup.stop().reason == "manager-died"
+
+
+def test_a_stale_run_cgroup_is_swept_at_the_next_start(tmp_path, token: str) -> None:  # type: ignore[no-untyped-def]
+    parent = containment.own_cgroup_dir()
+    if parent is None or containment.create_run_cgroup() is None:
+        pytest.skip("cgroup containment is not available here")
+    containment.remove_cgroup(os.path.join(parent, containment.run_cgroup_name(os.getpid()) or "-"))
+    stale = os.path.join(parent, f"{containment.CGROUP_PREFIX}999999999-1")  # no such owner alive
+    os.mkdir(stale)
+    leftover = subprocess.Popen(workers.SLEEP)
+    with open(os.path.join(stale, "cgroup.procs"), "w") as f:
+        f.write(str(leftover.pid))
+    sup = Supervisor()
+    try:
+        assert wait_until(lambda: leftover.poll() is not None, 10)
+        assert not os.path.exists(stale)
+    finally:
+        sup.stop()
+        if leftover.poll() is None:
+            leftover.kill()
+        leftover.wait()
