@@ -241,6 +241,40 @@ def raw_pidfd_notice(n: int) -> float:
     return took
 
 
+def _per_call(fn: Callable[[], object], calls: int = 200_000) -> float:
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls
+
+
+def _context() -> WorkerContext:
+    from supervisor._shm import ControlBlock, create_fd
+
+    r, _w = os.pipe()
+    return WorkerContext(
+        name="b.0", pool="b", index=0, slot=0, control=ControlBlock(create_fd()), stop_fd=r, result_fd=_w
+    )
+
+
+def context_op(op: str) -> float:
+    """Seconds per call of a WorkerContext method, or of its floor."""
+    if op == "heartbeat":
+        return _per_call(_context().heartbeat)
+    if op == "should_stop":
+        return _per_call(_context().should_stop)
+    if op == "event":
+        return _per_call(mp.get_context("fork").Event().is_set)
+    import mmap
+    import struct
+
+    mem = mmap.mmap(-1, 4096)
+    if op == "raw_flag":
+        return _per_call(lambda: mem[0] == 1)
+    pack, clock = struct.Struct("d").pack_into, time.monotonic
+    return _per_call(lambda: pack(mem, 8, clock()))
+
+
 # -- the runner ----------------------------------------------------------------------------------
 
 
@@ -251,7 +285,7 @@ def suite(sizes: list[int]) -> dict[str, list[tuple[str, int, Callable[[], float
         return [(f"{label} (N={n})", n, lambda n=n: fn(n)) for n in sizes if n <= max_n]  # type: ignore[misc]
 
     return {
-        "startup": [
+        "startup (ms)": [
             *cases("ours fork", lambda n: ours_startup(n, "fork")),
             *cases("ours spawn", lambda n: ours_startup(n, "spawn"), 64),
             *cases("floor: raw os.fork", raw_fork_startup),
@@ -259,16 +293,23 @@ def suite(sizes: list[int]) -> dict[str, list[tuple[str, int, Callable[[], float
             *cases("peer: multiprocess forkserver", lambda n: mp_startup(n, "forkserver"), 64),
             *cases("peer: multiprocess spawn", lambda n: mp_startup(n, "spawn"), 8),
         ],
-        "cooperative": [
+        "cooperative (ms)": [
             *cases("ours request_stop -> all reaped", ours_cooperative),
             *cases("floor: multiprocess Event.set -> all joined", mp_cooperative),
         ],
-        "crash": [
+        "crash (ms)": [
             *cases("ours SIGKILL -> manager notices", lambda n: _crash(n, "notice"), 8),
             *cases("ours SIGKILL -> replacement running", lambda n: _crash(n, "replacement"), 8),
             *cases("floor: SIGKILL -> pidfd wakes the parent", raw_pidfd_notice, 8),
         ],
-        "teardown": [
+        "context (ns per call)": [
+            ("ours ctx.heartbeat()", 0, lambda: context_op("heartbeat") * 1e6),
+            ("ours ctx.should_stop()", 0, lambda: context_op("should_stop") * 1e6),
+            ("floor: struct.pack_into(mmap, monotonic())", 0, lambda: context_op("raw_beat") * 1e6),
+            ("floor: mmap byte read", 0, lambda: context_op("raw_flag") * 1e6),
+            ("peer: multiprocess Event.is_set()", 0, lambda: context_op("event") * 1e6),
+        ],
+        "teardown (ms)": [
             *cases("ours overshoot past grace+term", ours_teardown),
             *cases("floor: SIGKILL + reap raw children", raw_forced_stop),
         ],
@@ -278,7 +319,7 @@ def suite(sizes: list[int]) -> dict[str, list[tuple[str, int, Callable[[], float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N = 8 and 64 only, 3 runs")
-    parser.add_argument("--only", choices=["startup", "cooperative", "crash", "teardown"], help="one metric only")
+    parser.add_argument("--only", help="one metric only: startup, cooperative, crash, context or teardown")
     parser.add_argument("--runs", type=int, default=None, help="repetitions per figure (default 7, quick 3)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args()
@@ -286,7 +327,7 @@ def main() -> None:
     runs = args.runs or (3 if args.quick else 7)
     results: dict[str, list[dict[str, Any]]] = {}
     for metric, cases in suite(sizes).items():
-        if args.only and metric != args.only:
+        if args.only and not metric.startswith(args.only):
             continue
         rows = []
         for label, n, fn in cases:
@@ -299,7 +340,7 @@ def main() -> None:
         print(json.dumps({"runs": runs, "cpus": os.cpu_count(), "results": results}, indent=2))
         return
     for metric, rows in results.items():
-        print(f"\n## {metric} (ms; median of {runs}, [min, max])")
+        print(f"\n## {metric}: median of {runs} [min, max]")
         for row in rows:
             ratio = _ratio(row, rows)
             print(f"  {row['case']:55s} {row['median']:9.2f}  [{row['min']:.2f}, {row['max']:.2f}]{ratio}")
