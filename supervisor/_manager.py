@@ -32,7 +32,7 @@ from ._spec import PoolSpec
 from ._worker import Placement, child_main
 from .containment import Containment
 from .errors import Failure
-from .ladder import Rung, Step, climb
+from .ladder import Rung, Step, climb, fit_budget
 from .limits import MemoryCgroups
 from .report import Outcome, TeardownReport, WorkerReport, WorkerState, WorkerStatus, signal_name
 from .strategy import Member, Plan, Restarts
@@ -50,6 +50,7 @@ class Settings:
     output: str = "inherit"  # "inherit": workers write to our stdout/stderr; "prefix": "name | line"
     restart_backoff: float = 0.5
     restart_backoff_max: float = 30.0
+    stop_budget: float | None = None  # the whole ladder fits in this (see ladder.fit_budget)
 
     def restarts(self) -> Restarts:
         return Restarts(
@@ -437,9 +438,10 @@ class Manager:
 
     def _waits(self, slot: Slot, waits: Waits | None = None) -> tuple[float, float]:
         grace, term = waits or self.stop_waits
-        return (
+        return fit_budget(
             slot.pool.grace_period if grace is None else grace,
             slot.pool.term_timeout if term is None else term,
+            self.settings.stop_budget,
         )
 
     def _begin_stop(self, reason: str, waits: Waits) -> None:

@@ -26,6 +26,7 @@ from ._manager import Settings
 from ._spec import RESTART_POLICIES, START_METHODS, STRATEGIES, PoolSpec, check_duration, parse_signal
 from .context import unpack_exception
 from .errors import Failure, WorkerFailed
+from .ladder import fit_budget
 from .limits import parse_size
 from .report import TeardownReport, WorkerStatus
 
@@ -46,6 +47,7 @@ class Supervisor:
         restart_window: float = 60.0,
         restart_backoff: float = 0.5,
         restart_backoff_max: float = 30.0,
+        stop_budget: float | None = None,
         events: str | os.PathLike[str] | None = None,
         cgroups: bool = True,
         output: str = "inherit",
@@ -55,6 +57,8 @@ class Supervisor:
         check_duration("restart_window", restart_window, positive=True)
         check_duration("restart_backoff", restart_backoff)
         check_duration("restart_backoff_max", restart_backoff_max)
+        check_duration("stop_budget", stop_budget, allow_none=True, positive=True)
+        self.stop_budget = None if stop_budget is None else float(stop_budget)
         if output not in ("inherit", "prefix"):
             raise ValueError(f"output must be 'inherit' or 'prefix', not {output!r}")
         if strategy not in STRATEGIES:
@@ -118,6 +122,7 @@ class Supervisor:
                     output,
                     float(restart_backoff),
                     float(restart_backoff_max),
+                    self.stop_budget,
                 ),
             )
         )
@@ -298,11 +303,16 @@ class Supervisor:
                 raise ValueError(f"cpu_affinity must be a non-empty list of CPU numbers, not {cpu_affinity!r}")
         if nice is not None and (isinstance(nice, bool) or not isinstance(nice, int) or not -20 <= nice <= 19):
             raise ValueError(f"nice must be a whole number from -20 to 19, not {nice!r}")
+        grace, term = fit_budget(
+            self.grace_period if grace_period is None else float(grace_period),
+            self.term_timeout if term_timeout is None else float(term_timeout),
+            self.stop_budget,
+        )
         return PoolSpec(
             name=name,
             replicas=replicas,
-            grace_period=self.grace_period if grace_period is None else float(grace_period),
-            term_timeout=self.term_timeout if term_timeout is None else float(term_timeout),
+            grace_period=grace,
+            term_timeout=term,
             restart=restart,
             heartbeat_timeout=heartbeat_timeout,
             env={str(k): str(v) for k, v in (env or {}).items()},
@@ -377,6 +387,17 @@ class Supervisor:
         with self._cond:
             self._raise_for(report)
         return report
+
+    def wait_running(self, timeout: float | None = None) -> bool:
+        """Block until every worker slot is running; False on timeout or once a stop was requested."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._gone or self.should_stop() or all(s.state == "running" for s in self._statuses.values()),
+                timeout,
+            )
+            return (
+                not self._gone and not self.should_stop() and all(s.state == "running" for s in self._statuses.values())
+            )
 
     def wait(self, timeout: float | None = None) -> TeardownReport:
         """``join()`` without raising for failures: the report of the workers' end."""

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import click
 
 from . import __version__
 from ._control import ControlError, ControlServer, request, socket_for
+from ._spec import parse_signal
 from .api import Supervisor
 from .config import Config, load_config, parse_duration, plan, resolve_target
 from .errors import ConfigError
@@ -81,6 +85,13 @@ def main() -> None:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the teardown report as JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as one JSON line instead of a table.")
 @click.option("--events", "events_path", type=click.Path(dir_okay=False), help="Append lifecycle events as JSON lines.")
+@click.option(
+    "--stop-budget", type=Duration(), help="The whole teardown must end within this (a scheduler's kill wait)."
+)
+@click.option("--warning-signal", help="A signal that starts a graceful stop early, e.g. SIGUSR1 (Slurm --signal).")
+@click.option(
+    "--ready-file", type=click.Path(dir_okay=False), help="Written once every worker runs; removed at teardown."
+)
 def run(
     config: str,
     grace_period: float | None,
@@ -88,6 +99,9 @@ def run(
     report_path: str | None,
     as_json: bool,
     events_path: str | None,
+    stop_budget: float | None,
+    warning_signal: str | None,
+    ready_file: str | None,
 ) -> None:
     """Run the pools of CONFIG in the foreground until they finish.
 
@@ -101,12 +115,31 @@ def run(
       supervisor run configs/demo.yaml --grace-period 1s --report /tmp/report.json
     """
     cfg = _load(config)
-    sys.exit(_run(cfg, grace_period, term_timeout, report_path, as_json, events_path))
+    warning_name = warning_signal or cfg.warning_signal
+    try:
+        warning = parse_signal(warning_name) if warning_name else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--warning-signal") from None
+    options = _RunOptions(grace_period, term_timeout, report_path, as_json, events_path, ready_file)
+    options.stop_budget = stop_budget if stop_budget is not None else cfg.stop_budget
+    options.warning_signal = warning
+    sys.exit(_run(cfg, options))
 
 
-def _run(
-    cfg: Config, grace: float | None, term: float | None, report_path: str | None, as_json: bool, events: str | None
-) -> int:
+@dataclass
+class _RunOptions:
+    grace: float | None
+    term: float | None
+    report_path: str | None
+    as_json: bool
+    events: str | None
+    ready_file: str | None
+    stop_budget: float | None = None
+    warning_signal: int | None = None
+
+
+def _run(cfg: Config, opts: _RunOptions) -> int:
+    grace, term = opts.grace, opts.term
     sys.path.insert(0, cfg.directory)
     targets = {p.name: resolve_target(cfg, p) for p in cfg.pools if p.target is not None}
     try:
@@ -121,10 +154,11 @@ def _run(
         restart_window=cfg.restart_window,
         restart_backoff=cfg.restart_backoff,
         restart_backoff_max=cfg.restart_backoff_max,
-        events=events,
+        events=opts.events,
+        stop_budget=opts.stop_budget,
         output="prefix",
     )
-    signals = _SignalRelay(sup)
+    signals = _SignalRelay(sup, opts.warning_signal)
     server = None
     try:
         server = ControlServer(sup, path, lambda g: _stop_for_client(sup, g))
@@ -147,21 +181,52 @@ def _run(
                 sup.spawn(
                     targets[pool.name], args=pool.args, kwargs=pool.kwargs, start_method=pool.start_method, **common
                 )
+        if opts.ready_file:
+            _announce_ready(sup, opts.ready_file)
         sup.wait()
     except ControlError as exc:
         click.echo(f"supervisor: {exc}", err=True)
         sup.stop(0, 0)
         return EXIT_USAGE
     finally:
+        if opts.ready_file:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(opts.ready_file)
         report = sup.stop()
         signals.restore()
         if server is not None:
             server.close()
-    _show(report, as_json)
-    if report_path:
-        with open(report_path, "w") as f:
-            json.dump(report.to_dict(), f, indent=2)
+    data = {**report.to_dict(), **scheduler_info()}
+    if opts.as_json:
+        click.echo(json.dumps(data))
+    else:
+        _show(report)
+    if opts.report_path:
+        with open(opts.report_path, "w") as f:
+            json.dump(data, f, indent=2)
     return exit_code(report)
+
+
+def _announce_ready(sup: Supervisor, path: str) -> None:
+    """Write ``path`` (atomically) once every worker runs: a readiness probe can test for it."""
+
+    def wait_then_write() -> None:
+        if sup.wait_running():
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            os.replace(tmp, path)
+
+    threading.Thread(target=wait_then_write, name="supervisor-ready", daemon=True).start()
+
+
+def scheduler_info() -> dict[str, Any]:
+    """The Slurm job and step, or the Kubernetes pod, this run belongs to (for the report)."""
+    keys = {"slurm_job_id": "SLURM_JOB_ID", "slurm_step_id": "SLURM_STEP_ID", "kubernetes_pod": "HOSTNAME"}
+    found = {k: os.environ[v] for k, v in keys.items() if v in os.environ}
+    if "KUBERNETES_SERVICE_HOST" not in os.environ:
+        found.pop("kubernetes_pod", None)
+    return {"scheduler": found} if found else {}
 
 
 def _stop_for_client(sup: Supervisor, grace: float | None) -> dict[str, Any]:
@@ -183,14 +248,17 @@ class _SignalRelay:
     hand the signal to a relay thread that does the talking.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: Supervisor, warning: int | None) -> None:
         self.sup = sup
         self.pending: list[int] = []
         self.seen = 0
         self.wake = threading.Event()
-        self.old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        watched = (*self.SIGNALS, warning) if warning is not None else self.SIGNALS
+        self.old = {s: signal.signal(s, self._handler) for s in watched}
+        if os.getpid() == 1:  # a container's init: every orphan in the namespace is ours to reap
+            self.old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _reap_orphans)
         threading.Thread(target=self._relay, name="supervisor-signals", daemon=True).start()
 
     def _handler(self, signum: int, frame: Any) -> None:
@@ -218,10 +286,14 @@ class _SignalRelay:
             signal.signal(s, old)
 
 
-def _show(report: TeardownReport, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(report.to_dict()))
-        return
+def _reap_orphans(signum: int, frame: Any) -> None:
+    """PID 1 only: reap every exited child (the guardian's status is not needed)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def _show(report: TeardownReport) -> None:
     head = ("worker", "pid", "outcome", "exit", "signal", "seconds", "killed")
     rows = [
         (
@@ -305,7 +377,10 @@ def stop(config: str | None, socket_path: str | None, grace_period: float | None
       supervisor stop configs/demo.yaml --grace-period 1s
     """
     reply = _ask(_socket(config, socket_path), {"verb": "stop", "grace_period": grace_period}, timeout=None)
-    _show(TeardownReport.from_dict(reply["report"]), as_json)
+    if as_json:
+        click.echo(json.dumps(reply["report"]))
+    else:
+        _show(TeardownReport.from_dict(reply["report"]))
 
 
 def _ask(path: str, message: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:

@@ -1,23 +1,21 @@
 """``tf.compat.v1.train.Coordinator`` for worker processes, with a ``join`` that ends what it waits for.
 
-Port thread code by changing two lines: import ``Coordinator`` from here, and start the workers with
-``multiprocess.Process`` instead of ``threading.Thread`` (the coordinator travels as a Process
-argument). ``join`` then waits like TensorFlow's, but processes still alive once the grace period
-has run out get SIGTERM and SIGKILL, to their whole process tree (see ``docs/migration.md``).
+Port thread code by importing ``Coordinator`` from here and starting workers with
+``multiprocess.Process`` instead of ``threading.Thread`` (the coordinator is a Process argument).
+``join`` waits like TensorFlow's, but processes still alive after the grace period get SIGTERM, then
+SIGKILL, to their whole process tree. See ``docs/migration.md`` for every difference.
 
-Shared state, the same in every process that holds the coordinator; none of it is a lock, so a
-worker killed at any instant (even inside ``should_stop`` or ``request_stop``) cannot wedge the
-others, which a ``multiprocessing.Event`` (a condition variable over semaphores) would:
+Shared state, the same in every process holding the coordinator. None of it is a lock, so a worker
+killed at any instant (even inside ``should_stop``) cannot wedge the others, as it could by dying
+while holding a ``multiprocessing.Event``'s internal lock:
 
-- a shared memory mapping (memfd): the stop flag, the joined flag, and the first requested
-  exception as bytes;
-- a token pipe that holds one byte while no stop is requested: taking it (a non-blocking read) is
-  the atomic "this request is the first", and only its taker writes the exception;
-- a wake pipe that receives one byte when the stop flag is set, so that ``wait_for_stop`` sleeps in
-  ``poll`` and wakes at once.
+- a memfd mapping: the stop flag, the joined flag, and the first requested exception (bytes);
+- a token pipe holding one byte while no stop is requested: taking it (non-blocking read) is the
+  atomic "this request is the first", and only its taker writes the exception;
+- a wake pipe that gets a byte once the stop flag is set: ``wait_for_stop`` sleeps in ``poll`` on it.
 
-All three are file descriptors, which the starting Process hands to its child whatever the start
-method (fork, forkserver, spawn) and whichever library (``multiprocess`` or ``multiprocessing``).
+All are file descriptors, which a starting Process hands to its child whatever the start method
+(fork, forkserver, spawn) and whichever library (``multiprocess`` or ``multiprocessing``).
 """
 
 from __future__ import annotations
@@ -25,8 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import mmap
-import multiprocessing.context
-import multiprocessing.reduction
+import multiprocessing
 import os
 import pickle
 import select
@@ -34,7 +31,6 @@ import signal
 import struct
 import sys
 import tempfile
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -42,7 +38,6 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import multiprocess
-import multiprocess.context
 import multiprocess.reduction
 import psutil
 
@@ -253,11 +248,11 @@ class Coordinator:
         """
         workers = list(dict.fromkeys([*self._registered, *(threads or ())]))
         while (alive := [w for w in workers if w.is_alive()]) and not self.should_stop():
-            _wait(alive, None, wake=self._wake_r)
+            _wait_pids([getattr(w, "pid", None) for w in alive], None, wake=self._wake_r)
         deadline = time.monotonic() + max(0.0, stop_grace_period_secs)
         while (alive := [w for w in workers if w.is_alive()]) and (left := deadline - time.monotonic()) > 0:
-            _wait(alive, left)
-        processes = [w for w in alive if not isinstance(w, threading.Thread)]
+            _wait_pids([getattr(w, "pid", None) for w in alive], left)
+        processes = [w for w in alive if getattr(w, "pid", None)]  # threads have none: they cannot be ended
         if processes:
             _end_trees(processes, self.term_timeout, stop_grace_period_secs)
         stragglers = [w.name for w in workers if w.is_alive()]
@@ -277,15 +272,9 @@ def _close(mem: mmap.mmap, fds: tuple[int, ...]) -> None:
             os.close(fd)
 
 
-def _wait(workers: list[Worker], timeout: float | None, *, wake: int | None = None) -> None:
-    _wait_pids([getattr(w, "pid", None) for w in workers], timeout, wake=wake)
-
-
 def _wait_pids(pids: list[int | None], timeout: float | None, *, wake: int | None = None) -> None:
-    """Sleep until one of ``pids`` may have exited, ``wake`` is readable, or ``timeout`` passed.
-
-    pidfds where possible; a None pid (a thread) or no pidfd support means a look every ``_POLL``.
-    """
+    """Sleep until one of ``pids`` may have exited, ``wake`` is readable, or ``timeout`` passed: on
+    pidfds, or for a None pid (a thread) or without pidfds, ``_POLL`` at most."""
     poller = select.poll()
     pidfds: list[int] = []
     try:
@@ -311,20 +300,34 @@ def _live(p: psutil.Process) -> bool:
         return False
 
 
-def _grow(tree: dict[int, psutil.Process]) -> list[psutil.Process]:
-    """Add every live descendant of every live member to ``tree``; return the live members.
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
-    psutil objects remember each process's start time, so a reused pid is never signalled.
-    """
-    stack = [pid for pid, p in tree.items() if _live(p)]
+
+def _adopt(tree: dict[int, psutil.Process], pids: Iterable[int]) -> list[int]:
+    """Add the live ``pids`` that ``tree`` lacks; return them. A psutil object remembers its
+    process's start time, so a member whose pid is reused is never signalled."""
+    new: list[int] = []
+    for pid in pids:
+        if pid in tree and tree[pid].is_running():
+            continue
+        with contextlib.suppress(psutil.Error):
+            if _live(p := psutil.Process(pid)):
+                tree[pid] = p
+                new.append(pid)
+    return new
+
+
+def _grow(tree: dict[int, psutil.Process], groups: set[int]) -> list[psutil.Process]:
+    """Add every live member of ``groups`` and every live descendant of a live member to ``tree``;
+    return its live members."""
+    in_groups = [pid for pid in psutil.pids() if _pgid(pid) in groups] if groups else []  # scans all pids
+    stack = [pid for pid, p in tree.items() if _live(p)] + _adopt(tree, in_groups)
     while stack:
-        for child in _platform.children(stack.pop()):
-            if child in tree and tree[child].is_running():
-                continue
-            with contextlib.suppress(psutil.Error):
-                if _live(p := psutil.Process(child)):
-                    tree[child] = p
-                    stack.append(child)
+        stack += _adopt(tree, _platform.children(stack.pop()))
     return [p for p in tree.values() if _live(p)]
 
 
@@ -347,23 +350,17 @@ def _end_trees(processes: list[Worker], term_timeout: float, grace: float) -> No
     member still alive, and its process group if it leads one. A descendant that left the tree
     (double fork with ``setsid()``) before any walk saw it is out of reach: use ``Supervisor``.
     """
-    pids = {w: int(getattr(w, "pid", None) or 0) for w in processes}
+    pids: dict[Worker, int] = {w: pid for w in processes if (pid := getattr(w, "pid", None))}
     tree: dict[int, psutil.Process] = {}
-    for pid in pids.values():
-        with contextlib.suppress(psutil.Error, ValueError):
-            tree[pid] = psutil.Process(pid)
-    groups = set()
-    for pid in tree:
-        with contextlib.suppress(OSError):
-            if os.getpgid(pid) == pid != os.getpgrp():  # leads its own group (never signal ours)
-                groups.add(pid)
-    _signal(_grow(tree), groups, signal.SIGTERM)
+    _adopt(tree, pids.values())
+    groups = {pid for pid in tree if _pgid(pid) == pid != os.getpgrp()}  # group leaders; never our group
+    _signal(_grow(tree, groups), groups, signal.SIGTERM)
     outcome = dict.fromkeys(processes, "terminated")
     deadline = time.monotonic() + term_timeout
-    while (live := _grow(tree)) and (left := deadline - time.monotonic()) > 0:
+    while (live := _grow(tree, groups)) and (left := deadline - time.monotonic()) > 0:
         _wait_pids([p.pid for p in live], min(left, 0.1))  # then walk again: forks since the last walk
     for _ in range(_KILL_ROUNDS):
-        if not (live := _grow(tree)):
+        if not (live := _grow(tree, groups)):
             break
         for w in processes:
             if w.is_alive():
@@ -381,7 +378,7 @@ def _end_trees(processes: list[Worker], term_timeout: float, grace: float) -> No
         len(processes),
         grace,
         "; ".join(ended),
-        f"; with {others} descendant(s)" if others else "",
+        f"; and {others} other process(es) of their trees" if others else "",
     )
 
 
@@ -398,37 +395,17 @@ class Looper(multiprocess.Process):  # type: ignore[misc]
         target: Callable[..., object],
         args: Iterable[Any] = (),
         kwargs: dict[str, Any] | None = None,
-        *,
-        name: str | None = None,
     ) -> None:
-        super().__init__(name=name, daemon=True)
+        super().__init__(daemon=True)
         self._coord = coord
         self._interval = timer_interval_secs
         self._call = (target, tuple(args), dict(kwargs or {}))
         coord.register_thread(self)
 
-    @classmethod
-    def loop(
-        cls,
-        coord: Coordinator,
-        timer_interval_secs: float | None,
-        target: Callable[..., object],
-        args: Iterable[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Looper:
-        """Create and start a Looper."""
-        looper = cls(coord, timer_interval_secs, target, args, kwargs)
-        looper.start()
-        return looper
-
     def run(self) -> None:
         target, args, kwargs = self._call
+        due = time.monotonic()
         with self._coord.stop_on_exception():
-            if self._interval is None:
-                while not self._coord.should_stop():
-                    target(*args, **kwargs)
-                return
-            due = time.monotonic()
-            while not self._coord.wait_for_stop(due - time.monotonic()):
-                due += self._interval
+            while not self._coord.wait_for_stop(due - time.monotonic()):  # <= 0: a mere look
+                due += self._interval or 0.0
                 target(*args, **kwargs)

@@ -27,7 +27,7 @@ from .limits import parse_size
 
 TOP_KEYS = (
     *("grace_period", "term_timeout", "strategy", "max_restarts", "restart_window"),
-    *("restart_backoff", "restart_backoff_max", "pools"),
+    *("restart_backoff", "restart_backoff_max", "stop_budget", "warning_signal", "pools"),
 )
 POOL_KEYS = (
     *("name", "target", "command", "replicas", "args", "kwargs", "restart", "grace_period"),
@@ -80,6 +80,8 @@ class Config:
     restart_window: float = 60.0
     restart_backoff: float = 0.5
     restart_backoff_max: float = 30.0
+    stop_budget: float | None = None  # the whole teardown fits in this (a scheduler's kill deadline)
+    warning_signal: str | None = None  # e.g. SIGUSR1 from Slurm's --signal: start a graceful stop
     pools: tuple[PoolConfig, ...] = ()
 
 
@@ -233,6 +235,8 @@ def load_config(path: str, *, import_targets: bool = True) -> Config:
         "max_restarts": lambda n, f: w.integer(n, f, 0),
         "restart_backoff": w.duration,
         "restart_backoff_max": w.duration,
+        "stop_budget": lambda n, f: w.duration(n, f, positive=True),
+        "warning_signal": lambda n, f: _signal_name(w, n, f),
     }
     settings = {key: parsers[key](node, key) for key, node in top.items() if key != "pools"}
     if "pools" not in top:
@@ -384,6 +388,10 @@ def plan(config: Config) -> str:
         f"  strategy {config.strategy}, at most {config.max_restarts} restarts per {secs(config.restart_window)}",
         f"  defaults: grace_period {secs(config.grace_period)}, term_timeout {secs(config.term_timeout)}",
     ]
+    if config.stop_budget is not None:
+        out.append(f"  stop_budget {secs(config.stop_budget)}: the ladder is scaled down to fit it")
+    if config.warning_signal is not None:
+        out.append(f"  {config.warning_signal} starts a graceful stop (a scheduler's warning)")
     for pool in config.pools:
         noun = "replica" if pool.replicas == 1 else "replicas"
         what = f"target {pool.target}" if pool.target else f"command {shlex.join(pool.command or ())}"

@@ -67,3 +67,25 @@ def climb(rungs: Iterable[Rung], now: float) -> tuple[list[tuple[Rung, Step]], f
         if t is not None and (nxt is None or t < nxt):
             nxt = t
     return actions, nxt
+
+
+def budget_margin(budget: float) -> float:
+    """Time kept back from a stop budget for reaping, the report and exit: 10 %, at least 0.25 s."""
+    return min(budget, max(0.25, 0.1 * budget))
+
+
+def fit_budget(grace_period: float, term_timeout: float, budget: float | None) -> tuple[float, float]:
+    """Scale (grace, term) down, keeping their ratio, so the ladder ends inside ``budget``.
+
+    The ladder then takes at most ``budget - budget_margin(budget)``; within the budget it is
+    left as it is.
+    """
+    if budget is None:
+        return grace_period, term_timeout
+    room = budget - budget_margin(budget)
+    total = grace_period + term_timeout
+    if total <= room:
+        return grace_period, term_timeout
+    if total == 0:
+        return 0.0, 0.0
+    return grace_period * room / total, term_timeout * room / total

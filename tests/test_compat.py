@@ -92,6 +92,13 @@ def group_leader_with_escaped_grandchild(coord: Coordinator, pid_file: str) -> N
     time.sleep(3600)
 
 
+def spins_on_the_coordinator(coord: Coordinator) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:  # deaf: looks all the time, never obeys
+        coord.should_stop()
+        coord.wait_for_stop(0)
+
+
 def raises_value_error(coord: Coordinator) -> None:
     with coord.stop_on_exception():
         raise ValueError("raised in the child")
@@ -105,6 +112,11 @@ class NeedsTwoArgs(Exception):
 def raises_unrebuildable(coord: Coordinator) -> None:
     with coord.stop_on_exception():
         raise NeedsTwoArgs(1, 2)
+
+
+def raises_huge(coord: Coordinator) -> None:
+    with coord.stop_on_exception():
+        raise ValueError("x" * 400_000)
 
 
 def append_line(path: str) -> None:
@@ -355,6 +367,22 @@ def test_an_escaper_that_stayed_in_the_workers_process_group_is_killed(tmp_path:
                 os.kill(escaper, signal.SIGKILL)
 
 
+def test_workers_killed_while_using_the_coordinator_cannot_wedge_it() -> None:
+    coord = Coordinator(term_timeout=0.2)
+    procs = [FORK.Process(target=spins_on_the_coordinator, args=(coord,)) for _ in range(2)]
+    with started(*procs):
+        time.sleep(0.2)
+        coord.request_stop()
+        coord.join(procs, stop_grace_period_secs=0.2)
+    assert all(p.exitcode == -signal.SIGKILL for p in procs)
+    coord.clear_stop()  # no lock was left held by the dead: every operation still works
+    assert coord.wait_for_stop(0.01) is False
+    coord.request_stop(raised(KeyError("again")))
+    assert coord.wait_for_stop(1)
+    with pytest.raises(KeyError):
+        coord.raise_requested_exception()
+
+
 def test_an_exception_raised_in_a_child_reaches_join() -> None:
     coord = Coordinator()
     waiter = FORK.Process(target=waits_then_exits, args=(coord,))
@@ -373,6 +401,15 @@ def test_an_exception_that_cannot_be_rebuilt_arrives_as_remote_error() -> None:
         coord.join([failing], stop_grace_period_secs=30)
     assert (info.value.type_name, info.value.message) == ("NeedsTwoArgs", "1/2")
     assert "NeedsTwoArgs" in info.value.traceback
+
+
+def test_an_exception_too_big_to_carry_arrives_cut_down_as_remote_error() -> None:
+    coord = Coordinator()
+    failing = FORK.Process(target=raises_huge, args=(coord,))
+    with started(failing), pytest.raises(RemoteError) as info:
+        coord.join([failing], stop_grace_period_secs=30)
+    assert info.value.type_name == "ValueError"
+    assert 0 < len(info.value.message) < 400_000
 
 
 CONTEXT_SCRIPT = """
@@ -440,7 +477,8 @@ def test_looper_calls_its_target_until_the_stop(tmp_path: Path) -> None:
 
 def test_looper_forwards_its_targets_exception(tmp_path: Path) -> None:
     coord = Coordinator()
-    looper = Looper.loop(coord, None, fail_on_second_call, args=(str(tmp_path / "ticks"),))
+    looper = Looper(coord, None, fail_on_second_call, args=(str(tmp_path / "ticks"),))
+    looper.start()
     try:
         with pytest.raises(KeyError, match="second call"):
             coord.join(stop_grace_period_secs=30)

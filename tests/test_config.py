@@ -85,7 +85,7 @@ MALFORMED = [
         "strategy: one_for_one\npool: []\n",
         "PATH:2: pool: unknown key 'pool' "
         "(allowed: grace_period, max_restarts, pools, restart_backoff, restart_backoff_max, restart_window, "
-        "strategy, term_timeout)",
+        "stop_budget, strategy, term_timeout, warning_signal)",
     ),
     (
         """\

@@ -64,3 +64,21 @@ def test_the_step_in_force_at_exit_decides_the_outcome(
     step: Step, exitcode: int, failed: bool, outcome: Outcome
 ) -> None:
     assert decide_outcome(step, exitcode, failed) is outcome
+
+
+@pytest.mark.parametrize(
+    ("grace", "term", "budget", "expected"),
+    [
+        (2.0, 1.0, None, (2.0, 1.0)),
+        (2.0, 1.0, 10.0, (2.0, 1.0)),  # fits: untouched
+        (30.0, 30.0, 10.0, (4.5, 4.5)),  # 10 s budget keeps 1 s back
+        (3.0, 1.0, 2.0, (1.3125, 0.4375)),  # keeps 0.25 s back, ratio 3:1
+        (0.0, 0.0, 1.0, (0.0, 0.0)),
+    ],
+)
+def test_a_stop_budget_scales_the_ladder_down(
+    grace: float, term: float, budget: float | None, expected: tuple[float, float]
+) -> None:
+    from supervisor.ladder import fit_budget
+
+    assert fit_budget(grace, term, budget) == pytest.approx(expected)

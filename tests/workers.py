@@ -179,3 +179,24 @@ def allocate(ctx: WorkerContext, megabytes: int) -> None:
 def report_placement(ctx: WorkerContext, path: str) -> None:
     with open(path, "w") as f:
         f.write(f"{sorted(os.sched_getaffinity(0))} {os.getpriority(os.PRIO_PROCESS, 0)}")
+
+
+def count_zombies(ctx: WorkerContext, settle: float = 5.0) -> None:
+    """Print how many zombies this PID namespace holds once things settle (0 expected)."""
+    deadline = time.monotonic() + settle
+    while True:
+        zombies = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat", "rb") as f:
+                        stat = f.read()
+                except OSError:
+                    continue
+                if stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] == b"Z":
+                    zombies.append(entry)
+        if not zombies or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    print(f"pid {os.getpid()} sees {len(zombies)} zombies", flush=True)
+    ctx.wait()
