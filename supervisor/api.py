@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -172,10 +173,7 @@ class Supervisor:
         elif verb == "idle":
             self._idle = (msg[1], msg[2])
         elif verb == "event":
-            self._events.append(msg[1])
-            if self._events_file is not None:
-                self._events_file.write(json.dumps(msg[1]) + "\n")
-                self._events_file.flush()
+            self._record(msg[1])
         elif verb == "hello":
             self._manager = (msg[1], msg[2], msg[3])
             self._run_dir = msg[4]
@@ -370,6 +368,18 @@ class Supervisor:
     def should_stop(self) -> bool:
         """True once a stop was requested, by anyone."""
         return self._control.all_stopped()
+
+    def _record(self, event: dict[str, Any]) -> None:
+        """Append to the event log (caller holds ``_cond``)."""
+        self._events.append(event)
+        if self._events_file is not None:
+            self._events_file.write(json.dumps(event) + "\n")
+            self._events_file.flush()
+
+    def log_event(self, kind: str, **fields: Any) -> None:
+        """Add an event of your own to the lifecycle log (JSON-ready fields)."""
+        with self._cond:
+            self._record({"time": time.time(), "event": kind, **fields})
 
     def events(self) -> list[dict[str, Any]]:
         """The lifecycle events so far (started, exited, hung, restarting, escalated, stopping)."""

@@ -159,6 +159,7 @@ def _run(cfg: Config, opts: _RunOptions) -> int:
         output="prefix",
     )
     signals = _SignalRelay(sup, opts.warning_signal)
+    sup.log_event("run", config=os.path.abspath(cfg.path), pid=os.getpid(), **scheduler_info())
     server = None
     try:
         server = ControlServer(sup, path, lambda g: _stop_for_client(sup, g))

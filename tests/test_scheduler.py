@@ -181,6 +181,8 @@ def test_slurm_warning_signal_starts_a_graceful_stop(env, tmp_path) -> None:  # 
     assert report["reason"] == "signal:SIGUSR1"
     assert report["scheduler"] == {"slurm_job_id": "4242", "slurm_step_id": "0"}
     assert {w["outcome"] for w in report["workers"]} == {"stopped"}
+    first = json.loads((tmp_path / "ev.jsonl").read_text().splitlines()[0])
+    assert first["event"] == "run" and first["scheduler"] == {"slurm_job_id": "4242", "slurm_step_id": "0"}
 
 
 def test_ready_file_appears_when_every_worker_runs_and_goes_at_teardown(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
