@@ -61,11 +61,13 @@ class MemoryCgroups:
     """Memory cgroups for worker slots: ``cgroup2`` (in the run cgroup), ``cgroup1``, or ``rlimit``."""
 
     def __init__(self, run_dir: str | None) -> None:
+        """Choose the kind; directories are made on first use (most runs set no memory limit)."""
         self.kind = "rlimit"
         self.base: str | None = None
+        self._ready = False  # the base exists and, on cgroup2, has the memory controller enabled
         if not _platform.USE_CGROUPS:
             return
-        if run_dir is not None and self._enable_v2(run_dir):
+        if run_dir is not None and _has_memory_controller(run_dir):
             self.kind, self.base = "cgroup2", run_dir
             return
         parent = _v1_memory_dir()
@@ -73,21 +75,19 @@ class MemoryCgroups:
         if parent is None or name is None or not os.access(parent, os.W_OK):
             return
         containment.sweep_stale_cgroups(parent)
-        with contextlib.suppress(OSError):
-            os.makedirs(os.path.join(parent, name), exist_ok=True)
-            self.kind, self.base = "cgroup1", os.path.join(parent, name)
+        self.kind, self.base = "cgroup1", os.path.join(parent, name)
 
-    @staticmethod
-    def _enable_v2(run_dir: str) -> bool:
-        try:
-            with open(os.path.join(run_dir, "cgroup.controllers")) as f:
-                if "memory" not in f.read().split():
-                    return False
-            with open(os.path.join(run_dir, "cgroup.subtree_control"), "w") as f:
-                f.write("+memory")
-        except OSError:
-            return False
-        return True
+    def _setup(self) -> bool:
+        if not self._ready and self.base is not None:
+            try:
+                if self.kind == "cgroup2":
+                    _write(os.path.join(self.base, "cgroup.subtree_control"), "+memory")
+                else:
+                    os.makedirs(self.base, exist_ok=True)
+                self._ready = True
+            except OSError:
+                pass
+        return self._ready
 
     def _dir(self, slot: int) -> str:
         assert self.base is not None
@@ -95,7 +95,7 @@ class MemoryCgroups:
 
     def prepare(self, slot: int, limit: int) -> str | None:
         """Set the slot's limit; the ``cgroup.procs`` the child must join (None: use RLIMIT_AS)."""
-        if self.base is None:
+        if not self._setup():
             return None
         path = self._dir(slot)
         try:
@@ -128,8 +128,16 @@ class MemoryCgroups:
         return 0
 
     def close(self) -> None:
-        if self.kind == "cgroup1" and self.base is not None:
+        if self.kind == "cgroup1" and self._ready and self.base is not None:
             containment.remove_cgroup(self.base)
+
+
+def _has_memory_controller(run_dir: str) -> bool:
+    try:
+        with open(os.path.join(run_dir, "cgroup.controllers")) as f:
+            return "memory" in f.read().split()
+    except OSError:
+        return False
 
 
 def _write(path: str, text: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 import workers
 from conftest import wait_until
 
-from supervisor import Supervisor, _platform, limits
+from supervisor import Supervisor, _platform, containment, limits
 from supervisor.limits import parse_size
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="linux_only")
@@ -38,6 +38,8 @@ def test_memory_limit_ends_a_worker_that_allocates_too_much(cgroups: bool, monke
         if cgroups and sup.memory_limits == "rlimit":
             pytest.skip("no writable memory cgroup here")
         sup.spawn(workers.allocate, args=(4096,), memory_limit="256MiB")
+        assert sup.pid is not None
+        ours = containment.run_cgroup_name(_platform_parent(sup.pid))  # named after the guardian
         sup.spawn(workers.cooperative, name="bystander")
         assert wait_until(lambda: sup.status()[0].state == "exited", 60)
     finally:
@@ -54,7 +56,7 @@ def test_memory_limit_ends_a_worker_that_allocates_too_much(cgroups: bool, monke
     assert not report.ok
     parent = limits._v1_memory_dir()
     if parent and os.path.isdir(parent):  # the run's memory cgroups are gone with it
-        assert wait_until(lambda: not [n for n in os.listdir(parent) if n.startswith("supervisor-")], 10)
+        assert wait_until(lambda: ours not in os.listdir(parent), 10)
 
 
 def test_cpu_affinity_and_nice_are_applied(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -81,3 +83,10 @@ def test_bad_limits_are_refused_before_anything_starts() -> None:
             with pytest.raises(ValueError):
                 sup.spawn(workers.done, **kwargs)  # type: ignore[arg-type]
         assert sup.status() == []
+
+
+def _platform_parent(pid: int) -> int:
+    """The parent of ``pid`` (the guardian of a manager)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return int(stat[stat.rindex(b")") + 2 :].split()[1])
