@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import selectors
@@ -30,6 +31,7 @@ from ._output import Sink, Splitter
 from ._shm import ControlBlock
 from ._spec import PoolSpec
 from ._worker import Placement, child_main
+from .channels import ChannelSpec, ChannelTable
 from .containment import Containment
 from .errors import Failure
 from .ladder import Rung, Step, climb, fit_budget
@@ -51,6 +53,7 @@ class Settings:
     restart_backoff: float = 0.5
     restart_backoff_max: float = 30.0
     stop_budget: float | None = None  # the whole ladder fits in this (see ladder.fit_budget)
+    stop_order: str = "together"  # or "upstream-first": consumers drain while producers stop
 
     def restarts(self) -> Restarts:
         return Restarts(
@@ -190,6 +193,8 @@ class Manager:
         self.groups: list[tuple[set[int], tuple[int, ...], float]] = []  # (waiting for, to restart, delay)
         self.sinks: dict[int, Sink] = {}  # our stdout/stderr, in "prefix" output mode
         self.memory = MemoryCgroups(getattr(containment, "run_dir", None))
+        self.channels = ChannelTable()
+        self.incoming_fds: collections.deque[int] = collections.deque()  # sent with owner messages
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -210,7 +215,7 @@ class Manager:
     def _manager_fds(self) -> list[int]:
         """Every fd a new child must close: ours, and every other worker's."""
         sel_fd = getattr(self.sel, "fileno", lambda: -1)()
-        fds = [self.conn.fileno(), self.wake_r, self.wake_w, sel_fd]
+        fds = [self.conn.fileno(), self.wake_r, self.wake_w, sel_fd, *self.incoming_fds]
         for s in self.slots.values():
             fds.extend(fd for fd in (s.stop_w, s.result_r, s.pidfd, *s.streams) if fd is not None)
         return [fd for fd in fds if isinstance(fd, int) and fd >= 0]
@@ -233,6 +238,7 @@ class Manager:
             self._climb()
             self._restart_due()
             self._check_heartbeats()
+            self.channels.update(self._producing, self._consumers)
             for sink in self.sinks.values():
                 sink.flush()
             if self._finish():
@@ -249,7 +255,11 @@ class Manager:
         ]
         times += [s.restart_at for s in self.slots.values() if s.restart_at is not None]
         times += self._heartbeat_deadlines()
-        if any(s.tree is not None for s in self.slots.values()) or any(k.pending for k in self.sinks.values()):
+        if (
+            any(s.tree is not None for s in self.slots.values())
+            or any(k.pending for k in self.sinks.values())
+            or self.channels.pending
+        ):
             times.append(time.monotonic() + TREE_RECHECK)
         if not times:
             return None
@@ -268,11 +278,12 @@ class Manager:
 
     def _on_owner(self) -> None:
         try:
-            chunk = self.conn.recv(1 << 16)
+            chunk, fds, _, _ = socket.recv_fds(self.conn, 1 << 16, 64)
         except BlockingIOError:
             return
         except OSError:
-            chunk = b""
+            chunk, fds = b"", []
+        self.incoming_fds.extend(fds)
         if not chunk:
             self._owner_gone()
             return
@@ -301,6 +312,12 @@ class Manager:
         elif verb == "close":
             self.closing = True
             self._begin_stop("requested", (None, None))
+        elif verb == "channel":
+            _, name, index, capacity = msg
+            fds = [self.incoming_fds.popleft() for _ in range(4)]
+            self.channels.add(ChannelSpec(name, index, capacity, *fds))
+        elif verb in ("consume", "produce", "close_channel"):
+            self.channels.owner(verb.replace("_channel", ""), msg[1])
 
     def _spawn(self, pool: PoolSpec) -> None:
         self.spawns_seen += 1
@@ -312,6 +329,7 @@ class Manager:
             self.send(("spawned", self.spawns_seen, f"a pool named {pool.name!r} exists already"))
             return
         self.pool_names.append(pool.name)
+        self.channels.declare(pool.name, pool.inputs, pool.outputs)
         new = []
         for index in range(pool.replicas):
             slot = Slot(
@@ -343,6 +361,7 @@ class Manager:
             cgroup_procs=procs,
             output_fds=tuple(w for _, w in outputs),
             memory_cgroup=self.memory.prepare(slot.id, slot.pool.memory_limit) if slot.pool.memory_limit else None,
+            channels=self.channels.specs(),
         )
         slot.oom_kills = self.memory.oom_kills(slot.id) if slot.pool.memory_limit else 0
         private = [*self._manager_fds(), stop_w, result_r, *(r for r, _ in outputs)]
@@ -372,6 +391,8 @@ class Manager:
         slot.started_at = time.time()
         slot.started_mono = time.monotonic()
         self._event("started", slot, pid=pid, incarnation=slot.restarts)
+        if slot.restarts:
+            self.channels.consumer_started(slot.pool.name)
         self.by_pid[pid] = slot
         self.containment.started(slot.id, pid)
         self.sel.register(result_r, selectors.EVENT_READ, lambda s=slot: self._on_result(s))
@@ -447,7 +468,9 @@ class Manager:
     def _begin_stop(self, reason: str, waits: Waits) -> None:
         """Start (or hasten) the global stop: every live worker climbs the ladder from now on."""
         now = time.monotonic()
-        self.control.stop_all()
+        upstream_first = self.settings.stop_order == "upstream-first" and reason != "owner-died"
+        if not upstream_first:
+            self.control.stop_all()
         if self.stop_since is None and not self._anything_running():
             return  # nothing to stop: the report keeps the reason the workers ended for
         if self.stop_since is None:
@@ -464,9 +487,21 @@ class Manager:
         for slot in self.slots.values():
             grace, term = self._waits(slot, waits)
             if slot.state is not WorkerState.EXITED:
-                self._stop_slot(slot, now, grace, term)
+                self._stop_slot(slot, now, grace, term, drain=upstream_first and bool(slot.pool.inputs))
             if slot.tree is not None:
                 slot.tree.tighten(now, 0.0, term)
+
+    def _producing(self, pool: str) -> bool:
+        """Whether any worker of ``pool`` runs or will run again (a restart is coming)."""
+        waiting = {k for group in self.groups for k in group[1]}
+        return any(
+            s.state is not WorkerState.EXITED or s.restart_at is not None or s.id in waiting
+            for s in self.slots.values()
+            if s.pool.name == pool
+        )
+
+    def _consumers(self, pool: str) -> int:
+        return sum(s.state is not WorkerState.EXITED for s in self.slots.values() if s.pool.name == pool)
 
     def _anything_running(self) -> bool:
         return any(
@@ -474,17 +509,22 @@ class Manager:
             for s in self.slots.values()
         ) or bool(self.groups)
 
-    def _stop_slot(self, slot: Slot, now: float, grace: float, term: float) -> None:
-        """Ask one worker to stop (cooperative step) and put it on the ladder."""
+    def _stop_slot(self, slot: Slot, now: float, grace: float, term: float, drain: bool = False) -> None:
+        """Ask one worker to stop (cooperative step) and put it on the ladder.
+
+        ``drain``: put it on the ladder without asking; it ends by itself at end-of-stream.
+        """
         if slot.rung is None:
             slot.rung = Rung(slot.id, now, grace, term, Step.COOPERATIVE)
             slot.stop_since = now
+            slot.transition(WorkerState.STOPPING)
+            if drain:
+                return
             self.control.stop_slot(slot.id)
             if slot.pool.argv is not None and slot.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.pid, slot.pool.stop_signal)
             self._close_fd(slot, "stop_w")
-            slot.transition(WorkerState.STOPPING)
         else:
             slot.rung.tighten(now, grace, term)
 
@@ -541,6 +581,7 @@ class Manager:
         for attr in ("result_r", "pidfd", "stop_w"):
             self._close_fd(slot, attr)
         self.containment.exited(slot.id)
+        self.channels.worker_exited(self.control, slot.id)
         step = slot.rung.step if slot.rung is not None else Step.NONE
         slot.exitcode = exitcode
         slot.exited_at = now

@@ -5,6 +5,8 @@ Layout (all offsets in bytes):
 - ``SLOT_BASE + 64 * slot``: a slot of 64 bytes: ``+0`` the slot's own stop flag (reset to 0 only
   by the manager before it starts a new incarnation), ``+8`` the last heartbeat as a
   ``time.monotonic()`` double (0.0 = none yet).
+- ``COUNTER_BASE + 32 * (slot * MAX_CHANNELS + channel)``: four signed 64-bit channel counters of
+  one worker (see ``channels``); each is written by that worker only, and reset with its slot.
 
 Reading a flag or writing a heartbeat is a plain memory access: no system call.
 """
@@ -19,8 +21,12 @@ import tempfile
 SLOT_BASE = 64
 SLOT_SIZE = 64
 MAX_SLOTS = 8192
-SIZE = SLOT_BASE + SLOT_SIZE * MAX_SLOTS
+MAX_CHANNELS = 32
+COUNTER_BASE = SLOT_BASE + SLOT_SIZE * MAX_SLOTS
+SIZE = COUNTER_BASE + 32 * MAX_SLOTS * MAX_CHANNELS
 _HEARTBEAT = struct.Struct("d")
+_COUNTER = struct.Struct("q")
+_ZERO_COUNTERS = bytes(32 * MAX_CHANNELS)
 
 
 def create_fd() -> int:
@@ -67,6 +73,17 @@ class ControlBlock:
         off = self._slot(slot)
         self.mem[off] = 0
         _HEARTBEAT.pack_into(self.mem, off + 8, 0.0)
+        base = COUNTER_BASE + 32 * MAX_CHANNELS * slot
+        self.mem[base : base + len(_ZERO_COUNTERS)] = _ZERO_COUNTERS
+
+    def count(self, slot: int, channel: int, which: int, delta: int) -> None:
+        """Add ``delta`` to one of a worker's channel counters (only that worker writes it)."""
+        off = COUNTER_BASE + 32 * (slot * MAX_CHANNELS + channel) + 8 * which
+        _COUNTER.pack_into(self.mem, off, _COUNTER.unpack_from(self.mem, off)[0] + delta)
+
+    def counter(self, slot: int, channel: int, which: int) -> int:
+        off = COUNTER_BASE + 32 * (slot * MAX_CHANNELS + channel) + 8 * which
+        return int(_COUNTER.unpack_from(self.mem, off)[0])
 
     def beat(self, slot: int, now: float) -> None:
         _HEARTBEAT.pack_into(self.mem, SLOT_BASE + SLOT_SIZE * slot + 8, now)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 RESTART_POLICIES = ("never", "on-failure", "always")
 STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 START_METHODS = ("fork", "spawn")
+STOP_ORDERS = ("together", "upstream-first")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class PoolSpec:
     memory_limit: int | None = None  # bytes
     cpu_affinity: tuple[int, ...] | None = None
     nice: int | None = None
+    inputs: tuple[str, ...] = ()  # channels it consumes
+    outputs: tuple[str, ...] = ()  # channels it produces into (their end-of-stream waits for it)
 
 
 def check_duration(name: str, value: float | None, *, allow_none: bool = False, positive: bool = False) -> None:

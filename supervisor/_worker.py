@@ -21,6 +21,7 @@ from typing import NoReturn
 from . import _platform, _wire, containment, limits
 from ._shm import ControlBlock
 from ._spec import PoolSpec
+from .channels import ChannelSpec
 from .context import WorkerContext, pack_exception
 from .errors import Stopped
 
@@ -39,6 +40,7 @@ class Placement:
     cgroup_procs: str | None
     output_fds: tuple[int, ...] = ()  # write ends to become stdout and stderr ("prefix" output mode)
     memory_cgroup: str | None = None  # cgroup.procs of the slot's memory cgroup (memory_limit)
+    channels: tuple[ChannelSpec, ...] = ()  # every channel of the run (inherited descriptors)
 
     @property
     def name(self) -> str:
@@ -111,7 +113,7 @@ def _exec_fresh_interpreter(p: Placement, control: ControlBlock) -> NoReturn:
         f.flush()
         f.seek(0)
         fd = os.dup(f.fileno())
-    for inherited in (fd, control.fd, p.stop_fd, p.result_fd):
+    for inherited in (fd, control.fd, p.stop_fd, p.result_fd, *(f for c in p.channels for f in c.fds)):
         os.set_inheritable(inherited, True)
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (
@@ -150,6 +152,9 @@ def _run_target(p: Placement, control: ControlBlock) -> int:
         control=control,
         stop_fd=p.stop_fd,
         result_fd=p.result_fd,
+        channels={c.name: c for c in p.channels},
+        inputs=p.pool.inputs,
+        outputs=p.pool.outputs,
     )
     if p.pool.sys_path:
         sys.path[:] = p.pool.sys_path

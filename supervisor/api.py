@@ -22,9 +22,19 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from . import _platform, _shm, _wire, containment
+from . import _platform, _shm, _wire, channels, containment
 from ._manager import Settings
-from ._spec import RESTART_POLICIES, START_METHODS, STRATEGIES, PoolSpec, check_duration, parse_signal
+from ._shm import MAX_CHANNELS
+from ._spec import (
+    RESTART_POLICIES,
+    START_METHODS,
+    STOP_ORDERS,
+    STRATEGIES,
+    PoolSpec,
+    check_duration,
+    parse_signal,
+)
+from .channels import Channel
 from .context import unpack_exception
 from .errors import Failure, WorkerFailed
 from .ladder import fit_budget
@@ -49,6 +59,7 @@ class Supervisor:
         restart_backoff: float = 0.5,
         restart_backoff_max: float = 30.0,
         stop_budget: float | None = None,
+        stop_order: str = "together",
         events: str | os.PathLike[str] | None = None,
         cgroups: bool = True,
         output: str = "inherit",
@@ -60,6 +71,9 @@ class Supervisor:
         check_duration("restart_backoff_max", restart_backoff_max)
         check_duration("stop_budget", stop_budget, allow_none=True, positive=True)
         self.stop_budget = None if stop_budget is None else float(stop_budget)
+        if stop_order not in STOP_ORDERS:
+            raise ValueError(f"stop_order must be one of {', '.join(STOP_ORDERS)}, not {stop_order!r}")
+        self.stop_order = stop_order
         if output not in ("inherit", "prefix"):
             raise ValueError(f"output must be 'inherit' or 'prefix', not {output!r}")
         if strategy not in STRATEGIES:
@@ -84,6 +98,9 @@ class Supervisor:
         self._closing = False  # stop() has sent "close"; no more spawns
         self._final: TeardownReport | None = None
         self._run_dir: str | None = None  # the run's cgroup (cgroup containment only)
+        self._stopping = False  # a stop was requested or announced (the flag may be per slot)
+        self._channels: dict[str, Channel] = {}  # the owner's handles, by name
+        self._stop_r, self._stop_w = os.pipe()  # closed write end: owner-side channel ops stop
         self._events: list[dict[str, Any]] = []  # the lifecycle event log, oldest first
         self._events_file = open(events, "a", encoding="utf-8") if events is not None else None  # noqa: SIM115
 
@@ -124,6 +141,7 @@ class Supervisor:
                     float(restart_backoff),
                     float(restart_backoff_max),
                     self.stop_budget,
+                    stop_order,
                 ),
             )
         )
@@ -131,12 +149,23 @@ class Supervisor:
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _send(self, msg: Any) -> None:
+    def _send(self, msg: Any, fds: Sequence[int] = ()) -> None:
         with self._send_lock:
             try:
-                self._sock.sendall(_wire.encode(msg))
+                data = _wire.encode(msg)
+                if fds:  # descriptors travel with the message's first bytes
+                    sent = socket.send_fds(self._sock, [data], list(fds))
+                    data = data[sent:]
+                self._sock.sendall(data)
             except OSError as exc:
                 raise RuntimeError("the supervisor's manager process is gone") from exc
+
+    def _mark_stopping(self) -> None:
+        """A stop was requested or announced: owner-side channel operations raise Stopped."""
+        self._stopping = True
+        if (self.stop_order == "together" or self._gone) and self._stop_w >= 0:
+            os.close(self._stop_w)
+            self._stop_w = -1
 
     def _read_loop(self) -> None:
         reader = _wire.Reader()
@@ -150,6 +179,7 @@ class Supervisor:
             pass
         with self._cond:
             self._gone = True
+            self._mark_stopping()
             self._cond.notify_all()
             unexpected = not self._closing and self._manager is not None
         if unexpected and self._run_dir is not None:
@@ -165,6 +195,7 @@ class Supervisor:
             self._spawn_replies[msg[1]] = msg[2]
         elif verb == "stopping":
             self._stop_reason = msg[1]
+            self._mark_stopping()
         elif verb == "stop_exc":
             if self._requested_exc is None:
                 self._requested_exc = unpack_exception(msg[1])
@@ -222,10 +253,14 @@ class Supervisor:
         memory_limit: int | str | None = None,
         cpu_affinity: Sequence[int] | None = None,
         nice: int | None = None,
+        inputs: Sequence[str] = (),
+        outputs: Sequence[str] = (),
     ) -> list[WorkerStatus]:
         """Start ``replicas`` processes, each calling ``target(ctx, *args, **kwargs)``.
 
         ``memory_limit`` (bytes or ``"512MiB"``), ``cpu_affinity`` and ``nice`` apply to each worker.
+        ``inputs`` and ``outputs`` name the channels it consumes and feeds (``ctx.inputs``,
+        ``ctx.outputs``); a channel ends for its consumers once every pool feeding it has ended.
         """
         import dill
 
@@ -238,6 +273,7 @@ class Supervisor:
         options: dict[str, Any] = dict(restart=restart, grace_period=grace_period, term_timeout=term_timeout)
         options |= dict(heartbeat_timeout=heartbeat_timeout, env=env, memory_limit=memory_limit)
         options |= dict(cpu_affinity=cpu_affinity, nice=nice, start_method=start_method, payload=payload)
+        options |= dict(inputs=self._channel_names(inputs), outputs=self._channel_names(outputs))
         name = name or getattr(target, "__name__", "worker").replace("<lambda>", "lambda")
         return self._submit(self._pool(name, replicas, **options))
 
@@ -321,6 +357,14 @@ class Supervisor:
             **what,
         )
 
+    def _channel_names(self, names: Sequence[str]) -> tuple[str, ...]:
+        if isinstance(names, str):
+            raise TypeError("inputs and outputs are lists of channel names")
+        missing = [n for n in names if n not in self._channels]
+        if missing:
+            raise ValueError(f"no channel named {missing[0]!r}: create it first with channel(name, capacity)")
+        return tuple(names)
+
     def _submit(self, pool: PoolSpec) -> list[WorkerStatus]:
         name = pool.name
         with self._cond:
@@ -363,11 +407,50 @@ class Supervisor:
             if not self._gone:  # a manager that went away while we sent has nothing left to stop
                 raise
         finally:
+            self._flag_stop()
+
+    def _flag_stop(self) -> None:
+        with self._cond:
+            self._mark_stopping()
+        if self.stop_order == "together":  # upstream-first: the manager flags the sources only
             self._control.stop_all()
 
     def should_stop(self) -> bool:
         """True once a stop was requested, by anyone."""
-        return self._control.all_stopped()
+        return self._stopping or self._control.all_stopped()
+
+    def channel(self, name: str, capacity: int | None = None) -> Channel:
+        """Create channel ``name`` (give ``capacity``) or get the owner's handle on it.
+
+        Pools name it in ``inputs``/``outputs``; the owner can put into it (then ``close()`` it)
+        or iterate it, for example to feed a training loop from the last stage of a pipeline.
+        """
+        with self._cond:
+            handle = self._channels.get(name)
+            if handle is not None:
+                if capacity is not None and capacity != handle.capacity:
+                    raise ValueError(f"channel {name!r} exists with capacity {handle.capacity}")
+                return handle
+            if capacity is None:
+                raise KeyError(f"no channel named {name!r}: create it with channel({name!r}, capacity=N)")
+            if not name or any(c in name for c in " .:/\n"):
+                raise ValueError(f"channel name {name!r} must be non-empty, without spaces, dots, colons or slashes")
+            if len(self._channels) >= MAX_CHANNELS:
+                raise ValueError(f"at most {MAX_CHANNELS} channels per supervisor")
+            if self._closing or self._gone:
+                raise RuntimeError("this supervisor has been stopped; create a new one")
+            spec = channels.create(name, len(self._channels), capacity)
+            self._send(("channel", name, spec.index, capacity), spec.fds)
+            handle = channels.Channel(
+                spec,
+                should_stop=lambda: self._stopping and self.stop_order == "together",
+                stop_fd=self._stop_r,
+                on_first_get=lambda: self._send(("consume", name)),
+                on_first_put=lambda: self._send(("produce", name)),
+                on_close=lambda: self._send(("close_channel", name)),
+            )
+            self._channels[name] = handle
+            return handle
 
     def _record(self, event: dict[str, Any]) -> None:
         """Append to the event log (caller holds ``_cond``)."""
@@ -437,6 +520,7 @@ class Supervisor:
         with self._cond:
             if self._final is not None:
                 return self._final
+            self._mark_stopping()
             first = not self._closing
             self._closing = True
             try:
@@ -445,7 +529,8 @@ class Supervisor:
                     self._send(("close",))
             except RuntimeError:
                 pass  # the manager is already gone (another stop() closed it): just collect its report
-            self._control.stop_all()
+            if self.stop_order == "together":
+                self._control.stop_all()
             self._cond.wait_for(lambda: self._gone)
             ticket = self._spawns_sent
             if self._idle is not None and self._idle[0] >= ticket:

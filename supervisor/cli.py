@@ -156,8 +156,11 @@ def _run(cfg: Config, opts: _RunOptions) -> int:
         restart_backoff_max=cfg.restart_backoff_max,
         events=opts.events,
         stop_budget=opts.stop_budget,
+        stop_order=cfg.stop_order,
         output="prefix",
     )
+    for name, capacity in cfg.channels.items():
+        sup.channel(name, capacity)
     signals = _SignalRelay(sup, opts.warning_signal)
     sup.log_event("run", config=os.path.abspath(cfg.path), pid=os.getpid(), **scheduler_info())
     server = None
@@ -180,7 +183,13 @@ def _run(cfg: Config, opts: _RunOptions) -> int:
                 sup.spawn_command(list(pool.command), stop_signal=pool.stop_signal, **common)
             else:
                 sup.spawn(
-                    targets[pool.name], args=pool.args, kwargs=pool.kwargs, start_method=pool.start_method, **common
+                    targets[pool.name],
+                    args=pool.args,
+                    kwargs=pool.kwargs,
+                    start_method=pool.start_method,
+                    inputs=pool.inputs,
+                    outputs=pool.outputs,
+                    **common,
                 )
         if opts.ready_file:
             _announce_ready(sup, opts.ready_file)

@@ -21,20 +21,21 @@ from typing import Any, NoReturn
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from ._spec import RESTART_POLICIES, START_METHODS, STRATEGIES, parse_signal
+from ._spec import RESTART_POLICIES, START_METHODS, STOP_ORDERS, STRATEGIES, parse_signal
+from .channels import MAX_CAPACITY
 from .errors import ConfigError
 from .limits import parse_size
 
 TOP_KEYS = (
     *("grace_period", "term_timeout", "strategy", "max_restarts", "restart_window"),
-    *("restart_backoff", "restart_backoff_max", "stop_budget", "warning_signal", "pools"),
+    *("restart_backoff", "restart_backoff_max", "stop_budget", "warning_signal", "stop_order", "channels", "pools"),
 )
 POOL_KEYS = (
     *("name", "target", "command", "replicas", "args", "kwargs", "restart", "grace_period"),
     *("term_timeout", "heartbeat_timeout", "env", "stop_signal", "start_method"),
-    *("memory_limit", "cpu_affinity", "nice"),
+    *("memory_limit", "cpu_affinity", "nice", "inputs", "outputs"),
 )
-TARGET_ONLY = ("args", "kwargs", "start_method")
+TARGET_ONLY = ("args", "kwargs", "start_method", "inputs", "outputs")
 DURATION_FORMS = "use a number of seconds or a number with ms, s, m or h"
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*(ms|s|m|h)?")
@@ -65,6 +66,8 @@ class PoolConfig:
     memory_limit: int | None = None  # bytes
     cpu_affinity: tuple[int, ...] | None = None
     nice: int | None = None
+    inputs: tuple[str, ...] = ()  # channels it consumes
+    outputs: tuple[str, ...] = ()  # channels it feeds
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class Config:
     restart_backoff_max: float = 30.0
     stop_budget: float | None = None  # the whole teardown fits in this (a scheduler's kill deadline)
     warning_signal: str | None = None  # e.g. SIGUSR1 from Slurm's --signal: start a graceful stop
+    stop_order: str = "together"
+    channels: dict[str, int] = field(default_factory=dict)  # name -> capacity, in declared order
     pools: tuple[PoolConfig, ...] = ()
 
 
@@ -237,6 +242,8 @@ def load_config(path: str, *, import_targets: bool = True) -> Config:
         "restart_backoff_max": w.duration,
         "stop_budget": lambda n, f: w.duration(n, f, positive=True),
         "warning_signal": lambda n, f: _signal_name(w, n, f),
+        "stop_order": lambda n, f: w.choice(n, f, "stop order", STOP_ORDERS),
+        "channels": lambda n, f: _channels(w, n, f),
     }
     settings = {key: parsers[key](node, key) for key, node in top.items() if key != "pools"}
     if "pools" not in top:
@@ -246,11 +253,37 @@ def load_config(path: str, *, import_targets: bool = True) -> Config:
     directory = os.path.dirname(os.path.abspath(path))
     seen: dict[str, int] = {}
     importing = directory if import_targets else None
-    pools = tuple(_pool(w, i, node, seen, importing) for i, node in enumerate(w.items(top["pools"], "pools")))
+    names = tuple(settings.get("channels", {}))
+    pool_nodes = enumerate(w.items(top["pools"], "pools"))
+    pools = tuple(_pool(w, i, node, seen, importing, names) for i, node in pool_nodes)
     return Config(path=path, directory=directory, pools=pools, **settings)
 
 
-def _pool(w: _Walker, index: int, node: Node, seen: dict[str, int], directory: str | None) -> PoolConfig:
+def _channels(w: _Walker, node: Node, field: str) -> dict[str, int]:
+    """``name: capacity`` or ``name: {capacity: N}`` for each channel."""
+    out: dict[str, int] = {}
+    for name, value in w.string_keyed(node, field):
+        where = f"{field}.{name}"
+        if not _NAME.fullmatch(name):
+            raise w.error(value, where, "channel names are letters, digits, '_' or '-'")
+        if isinstance(value, MappingNode):
+            value = w.keys(w.entries(value, where), where, ("capacity",)).get("capacity", value)
+            where += ".capacity"
+        out[name] = w.integer(value, where, 1, maximum=MAX_CAPACITY)
+    return out
+
+
+def _channel_list(w: _Walker, node: Node, field: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    names = tuple(w.text(item, field) for item in w.items(node, field))
+    for item, name in zip(node.value, names, strict=True):
+        if name not in known:
+            raise w.error(item, field, f"no channel named {name!r} (channels: {', '.join(known) or 'none declared'})")
+    return names
+
+
+def _pool(
+    w: _Walker, index: int, node: Node, seen: dict[str, int], directory: str | None, channels: tuple[str, ...]
+) -> PoolConfig:
     """Validate one ``pools`` entry (``seen``: names so far -> their lines); import its target if ``directory``."""
     entries = w.entries(node, f"pools[{index}]")
     name_node = next((v for k, v in entries if isinstance(k, ScalarNode) and k.value == "name"), None)
@@ -292,6 +325,8 @@ def _pool(w: _Walker, index: int, node: Node, seen: dict[str, int], directory: s
         "memory_limit": lambda n, f: w.size(n, f),
         "cpu_affinity": lambda n, f: tuple(w.integer(item, f, 0) for item in w.items(n, f)) or w.fail(n, f, "empty"),
         "nice": lambda n, f: w.integer(n, f, -20, maximum=19),
+        "inputs": lambda n, f: _channel_list(w, n, f, channels),
+        "outputs": lambda n, f: _channel_list(w, n, f, channels),
     }
     got: dict[str, Any] = {"target": None, "command": None}
     got.update((key, parsers[key](value, f"{label}.{key}")) for key, value in keys.items() if key != "name")
@@ -390,6 +425,9 @@ def plan(config: Config) -> str:
     ]
     if config.stop_budget is not None:
         out.append(f"  stop_budget {secs(config.stop_budget)}: the ladder is scaled down to fit it")
+    if config.channels:
+        shown = ", ".join(f"{name} (capacity {cap})" for name, cap in config.channels.items())
+        out.append(f"  channels: {shown}; stop order {config.stop_order}")
     if config.warning_signal is not None:
         out.append(f"  {config.warning_signal} starts a graceful stop (a scheduler's warning)")
     for pool in config.pools:
@@ -409,4 +447,6 @@ def plan(config: Config) -> str:
                                            ("nice", pool.nice)) if v is not None]  # fmt: skip
         if limits:
             out.append(f"  limits: {', '.join(limits)}")
+        if pool.inputs or pool.outputs:
+            out.append(f"  reads {', '.join(pool.inputs) or '-'}; writes {', '.join(pool.outputs) or '-'}")
     return "\n".join(out)

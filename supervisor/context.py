@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import select
 import time
+from collections.abc import Mapping
 
 from . import _wire
 from ._shm import ControlBlock
+from .channels import Channel, ChannelSpec
 
 
 class WorkerContext:
@@ -17,7 +19,18 @@ class WorkerContext:
     """
 
     def __init__(
-        self, *, name: str, pool: str, index: int, slot: int, control: ControlBlock, stop_fd: int, result_fd: int
+        self,
+        *,
+        name: str,
+        pool: str,
+        index: int,
+        slot: int,
+        control: ControlBlock,
+        stop_fd: int,
+        result_fd: int,
+        channels: Mapping[str, ChannelSpec] | None = None,
+        inputs: tuple[str, ...] = (),
+        outputs: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.pool = pool
@@ -28,6 +41,9 @@ class WorkerContext:
         self._result_fd = result_fd  # write end of the pipe to the manager
         self._poll = select.poll()
         self._poll.register(stop_fd, select.POLLIN)
+        self._channel_specs = dict(channels or {})
+        self._channels: dict[str, Channel] = {}
+        self._input_names, self._output_names = inputs, outputs
 
     def __repr__(self) -> str:
         return f"<WorkerContext {self.name}>"
@@ -62,6 +78,27 @@ class WorkerContext:
             _wire.send(self._result_fd, ("stop", pack_exception(exc) if exc is not None else None))
         finally:
             self._control.stop_all()
+
+    def channel(self, name: str) -> Channel:
+        """This worker's handle on channel ``name`` (put, get, iterate; stop-aware)."""
+        handle = self._channels.get(name)
+        if handle is None:
+            if name not in self._channel_specs:
+                known = ", ".join(sorted(self._channel_specs)) or "none"
+                raise KeyError(f"no channel named {name!r} (channels: {known})")
+            handle = Channel(self._channel_specs[name], self.should_stop, self._stop_fd, (self._control, self._slot))
+            self._channels[name] = handle
+        return handle
+
+    @property
+    def inputs(self) -> list[Channel]:
+        """The channels this worker's pool consumes, in declared order."""
+        return [self.channel(n) for n in self._input_names]
+
+    @property
+    def outputs(self) -> list[Channel]:
+        """The channels this worker's pool produces into, in declared order."""
+        return [self.channel(n) for n in self._output_names]
 
     def fileno(self) -> int:
         """A descriptor that becomes readable when this worker is asked to stop (for select/poll)."""

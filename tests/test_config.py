@@ -84,8 +84,8 @@ MALFORMED = [
     (
         "strategy: one_for_one\npool: []\n",
         "PATH:2: pool: unknown key 'pool' "
-        "(allowed: grace_period, max_restarts, pools, restart_backoff, restart_backoff_max, restart_window, "
-        "stop_budget, strategy, term_timeout, warning_signal)",
+        "(allowed: channels, grace_period, max_restarts, pools, restart_backoff, restart_backoff_max, "
+        "restart_window, stop_budget, stop_order, strategy, term_timeout, warning_signal)",
     ),
     (
         """\
@@ -95,8 +95,8 @@ MALFORMED = [
             replica: 2
         """,
         "PATH:4: pools.a.replica: unknown key 'replica' (allowed: args, command, cpu_affinity, env, grace_period, "
-        "heartbeat_timeout, kwargs, memory_limit, name, nice, replicas, restart, start_method, stop_signal, target, "
-        "term_timeout)",
+        "heartbeat_timeout, inputs, kwargs, memory_limit, name, nice, outputs, replicas, restart, start_method, "
+        "stop_signal, target, term_timeout)",
     ),
     (
         ONE_POOL + "    replicas: 2\n    replicas: 3\n",
@@ -236,6 +236,21 @@ MALFORMED = [
     (
         "restart_backoff: often\n" + ONE_POOL,
         "PATH:1: restart_backoff: bad duration 'often' (use a number of seconds or a number with ms, s, m or h)",
+    ),
+    ("channels: {a: 0}\n" + ONE_POOL, "PATH:1: channels.a: must be at least 1, not 0"),
+    ("channels: {a: {size: 3}}\n" + ONE_POOL, "PATH:1: channels.a.size: unknown key 'size' (allowed: capacity)"),
+    (ONE_POOL + "    inputs: [nope]\n", "PATH:4: pools.a.inputs: no channel named 'nope' (channels: none declared)"),
+    (
+        "channels: {x: 2}\n" + ONE_POOL + "    outputs: [y]\n",
+        "PATH:5: pools.a.outputs: no channel named 'y' (channels: x)",
+    ),
+    (
+        "stop_order: downstream\n" + ONE_POOL,
+        "PATH:1: stop_order: unknown stop order 'downstream' (allowed: together, upstream-first)",
+    ),
+    (
+        "channels: {x: 2}\npools:\n  - name: c\n    command: [sleep, '1']\n    inputs: [x]\n",
+        "PATH:5: pools.c.inputs: only allowed with target, not with command",
     ),
 ]
 

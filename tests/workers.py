@@ -200,3 +200,69 @@ def count_zombies(ctx: WorkerContext, settle: float = 5.0) -> None:
         time.sleep(0.1)
     print(f"pid {os.getpid()} sees {len(zombies)} zombies", flush=True)
     ctx.wait()
+
+
+def produce(ctx: WorkerContext, count: int, pause: float = 0.0) -> None:
+    """Put (index, n) for n in range(count) into the first output channel."""
+    out = ctx.outputs[0]
+    for n in range(count):
+        out.put((ctx.index, n))
+        if pause:
+            time.sleep(pause)
+
+
+def produce_forever(ctx: WorkerContext, path: str) -> None:
+    """Put until asked to stop; then record how many items went out."""
+    from supervisor import Stopped
+
+    out, sent = ctx.outputs[0], 0
+    try:
+        while not ctx.should_stop():
+            out.put(sent)
+            sent += 1
+    except Stopped:
+        pass
+    with open(path, "w") as f:
+        f.write(str(sent))
+
+
+def relay(ctx: WorkerContext) -> None:
+    out = ctx.outputs[0]
+    for item in ctx.inputs[0]:
+        out.put(item)
+
+
+def collect(ctx: WorkerContext, path: str, pause: float = 0.0) -> None:
+    """Write every item of the first input, one repr per line, at end-of-stream."""
+    items = []
+    for item in ctx.inputs[0]:
+        items.append(item)
+        if pause:
+            time.sleep(pause)
+    with open(path, "w") as f:
+        f.write("\n".join(repr(i) for i in items))
+
+
+def put_blocked(ctx: WorkerContext) -> None:
+    """Fill the output channel, then block on one more put (until the stop raises Stopped)."""
+    out = ctx.outputs[0]
+    for n in range(out.capacity + 1):
+        out.put(n)
+
+
+def get_blocked(ctx: WorkerContext) -> None:
+    ctx.inputs[0].get()
+
+
+def die_holding_a_credit(ctx: WorkerContext) -> None:
+    """Take a credit and die before sending: what a SIGKILL between two system calls leaves."""
+    ctx.outputs[0]._take_credit(None)
+    os._exit(9)
+
+
+def big_arrays(ctx: WorkerContext, count: int, megabytes: int) -> None:
+    import numpy as np
+
+    out = ctx.outputs[0]
+    for n in range(count):
+        out.put(np.full(megabytes << 20, n % 251, dtype=np.uint8))
