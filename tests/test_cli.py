@@ -311,3 +311,20 @@ def test_parsing_and_help(args: list[str], code: int, needle: str) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == code, result.output
     assert needle in result.output
+
+
+def test_pipeline_demo_finishes_by_itself_and_prints_throughput(env) -> None:  # type: ignore[no-untyped-def]
+    done = cli("run", os.path.join(CONFIGS, "pipeline.yaml"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "trainer.0 | consumed 125 batches, 32000 records" in done.stdout
+    assert "7 workers: 7 completed" in done.stdout
+
+
+def test_pipeline_interrupted_drains_upstream_first(env) -> None:  # type: ignore[no-untyped-def]
+    proc = start("run", os.path.join(CONFIGS, "pipeline.yaml"), "--json", env=env)
+    time.sleep(0.6)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=LONG)
+    assert proc.returncode in (0, 130), err  # 0 if it had already finished
+    report = json.loads(out.strip().splitlines()[-1])
+    assert {w["outcome"] for w in report["workers"]} <= {"completed", "stopped"}
