@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -72,27 +73,35 @@ def _detach_from_manager(p: Placement) -> None:
 
 def child_main(p: Placement, control: ControlBlock, manager_fds: list[int]) -> NoReturn:
     """Runs in the forked child; never returns."""
+    for fd in manager_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _exit_after(lambda: _start_in_child(p, control))
+
+
+def _start_in_child(p: Placement, control: ControlBlock) -> int:
+    try:
+        _detach_from_manager(p)
+    except Exception as exc:  # a limit that cannot be applied: the worker fails, saying why
+        _wire.send(p.result_fd, ("failed", pack_exception(exc)))
+        raise
+    if p.pool.argv is not None:
+        _wire.send(p.result_fd, ("ready",))
+        try:
+            os.execvp(p.pool.argv[0], list(p.pool.argv))
+        except OSError as exc:
+            print(f"supervisor: cannot run {p.pool.argv[0]!r}: {exc}", file=sys.stderr)
+            return 127
+    if p.pool.start_method == "spawn":
+        _exec_fresh_interpreter(p, control)
+    return _run_target(p, control)
+
+
+def _exit_after(body: Callable[[], int]) -> NoReturn:
+    """Run a worker's ``body`` and exit with its code (1 if the bootstrap itself raised)."""
     code = 1
     try:
-        for fd in manager_fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        try:
-            _detach_from_manager(p)
-        except Exception as exc:  # a limit that cannot be applied: the worker fails, saying why
-            _wire.send(p.result_fd, ("failed", pack_exception(exc)))
-            raise
-        if p.pool.argv is not None:
-            _wire.send(p.result_fd, ("ready",))
-            try:
-                os.execvp(p.pool.argv[0], list(p.pool.argv))
-            except OSError as exc:
-                print(f"supervisor: cannot run {p.pool.argv[0]!r}: {exc}", file=sys.stderr)
-                code = 127
-        elif p.pool.start_method == "spawn":
-            _exec_fresh_interpreter(p, control)
-        else:
-            code = _run_target(p, control)
+        code = body()
     except BaseException:
         traceback.print_exc()
     finally:
@@ -115,30 +124,22 @@ def _exec_fresh_interpreter(p: Placement, control: ControlBlock) -> NoReturn:
         fd = os.dup(f.fileno())
     for inherited in (fd, control.fd, p.stop_fd, p.result_fd, *(f for c in p.channels for f in c.fds)):
         os.set_inheritable(inherited, True)
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = (
-        f"import sys; sys.path.insert(0, {pkg_parent!r}); from supervisor._worker import spawned_main; spawned_main()"
-    )
+    argv = [*_platform.python_entry("_worker", "spawned_main"), str(fd), str(control.fd)]
     _flush()
-    os.execve(sys.executable, [sys.executable, "-c", code, str(fd), str(control.fd)], dict(os.environ))
+    os.execve(argv[0], argv, dict(os.environ))
 
 
 def spawned_main() -> NoReturn:
     """Entry point of a "spawn" worker's fresh interpreter (see ``_exec_fresh_interpreter``)."""
     import pickle
 
-    code = 1
-    try:
+    def body() -> int:
         with os.fdopen(int(sys.argv[1]), "rb") as f:
             p: Placement = pickle.load(f)
-        control = ControlBlock(int(sys.argv[2]))
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        code = _run_target(p, control)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        _flush()
-        os._exit(code)
+        return _run_target(p, ControlBlock(int(sys.argv[2])))
+
+    _exit_after(body)
 
 
 def _run_target(p: Placement, control: ControlBlock) -> int:

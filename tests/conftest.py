@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from supervisor._platform import is_zombie
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN_ENV = "SUPERVISOR_TEST_TOKEN"
 SESSION = uuid.uuid4().hex[:10]
@@ -40,9 +42,7 @@ def processes_with(token: str) -> dict[int, str]:
             with open(f"/proc/{entry}/environ", "rb") as f:
                 if needle not in f.read().split(b"\0"):
                     continue
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-            if stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] in (b"Z", b"X"):
+            if is_zombie(int(entry)):
                 continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
@@ -93,12 +93,8 @@ def token(no_survivors: str) -> str:
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] not in (b"Z", b"X")
+    """The process exists and is not a zombie."""
+    return not is_zombie(pid)
 
 
 def read_pid(path: str, timeout: float = 30.0) -> int:
