@@ -23,7 +23,7 @@ class Sink:
         self.fd = fd
         self.buf = bytearray()
         self.dropped = 0  # bytes dropped since the last note about it
-        self.colour = os.isatty(fd)
+        self.colour = os.isatty(fd) and not os.environ.get("NO_COLOR")  # https://no-color.org
         self._poll = select.poll()
         self._poll.register(fd, select.POLLOUT)
 

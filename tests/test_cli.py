@@ -328,3 +328,28 @@ def test_pipeline_interrupted_drains_upstream_first(env) -> None:  # type: ignor
     assert proc.returncode in (0, 130), err  # 0 if it had already finished
     report = json.loads(out.strip().splitlines()[-1])
     assert {w["outcome"] for w in report["workers"]} <= {"completed", "stopped"}
+
+
+def test_prefixes_are_coloured_on_a_terminal(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pty
+
+    config = write(tmp_path, "pools:\n  - name: hi\n    command: [sh, -c, 'echo hello; echo world']\n")
+    main_fd, child_fd = pty.openpty()
+    env = {k: v for k, v in env.items() if k != "NO_COLOR"}
+    proc = subprocess.Popen(
+        [*COMMAND, "run", config], env=env, stdout=child_fd, stderr=child_fd, stdin=subprocess.DEVNULL
+    )
+    os.close(child_fd)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main_fd, 4096)
+        except OSError:  # EIO: the terminal's other side closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main_fd)
+    assert proc.wait(timeout=LONG) == 0
+    out = b"".join(chunks).decode()
+    assert "\x1b[36mhi.0 |\x1b[0m hello" in out and "\x1b[36mhi.0 |\x1b[0m world" in out
