@@ -115,6 +115,8 @@ def encode(item: Any) -> tuple[bytes, int | None]:
     data = pickle.dumps(item, protocol=5, buffer_callback=buffers.append)
     if not buffers and len(data) <= INLINE:
         return _HEADER.pack(ITEM, len(data), 0) + data, None
+    if len(buffers) * _BUF.size > INLINE:  # too many buffers to list in one message: one blob
+        data, buffers = pickle.dumps(item, protocol=5), []
     views = [memoryview(data), *(b.raw() for b in buffers)]
     table = b"".join(_BUF.pack(0, v.nbytes) for v in views[1:])
     return _HEADER.pack(MAPPED, len(data), len(buffers)) + table, _memfd(views)

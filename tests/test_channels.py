@@ -52,6 +52,13 @@ def test_large_items_travel_through_a_memfd(channel: channels.Channel) -> None:
     assert (nested["nested"] == array[:10]).all() and nested["big"].sum() == 200_000
 
 
+def test_an_item_with_thousands_of_buffers_still_travels(channel: channels.Channel) -> None:
+    arrays = [np.full(16, n, dtype=np.int32) for n in range(10_000)]
+    channel.put(arrays)
+    got = channel.get()
+    assert len(got) == 10_000 and all((a == n).all() for n, a in enumerate(got))
+
+
 def test_end_of_stream_ends_iteration(channel: channels.Channel) -> None:
     channel.put("last")
     assert channels.send_end_markers(channel.spec, 1) == 1
