@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from ._spec import check_duration
 from .api import Supervisor
 
 MAX_REQUEST = 1 << 16
@@ -138,8 +139,10 @@ class ControlServer:
         if verb == "status":
             return {"workers": self.status()}
         grace = request.get("grace_period")
-        if grace is not None and (isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0):
-            return {"error": "grace_period must be a number of seconds >= 0"}
+        try:
+            check_duration("grace_period", grace, allow_none=True)
+        except (TypeError, ValueError) as exc:
+            return {"error": str(exc)}
         return {"report": self.on_stop(None if grace is None else float(grace))}
 
     def status(self) -> list[dict[str, Any]]:

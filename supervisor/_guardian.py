@@ -29,9 +29,10 @@ def main() -> None:
         signal.signal(sig, signal.SIG_IGN)  # terminal and stray signals go to the owner, not here
     _platform.set_child_subreaper()
     run_dir = containment.create_run_cgroup()
+    owner = os.getppid()
     manager = os.fork()
     if manager == 0:
-        _manager_main(conn_fd, control_fd, run_id, run_dir)
+        _manager_main(conn_fd, control_fd, run_id, run_dir, owner)
     os.close(conn_fd)
     os.close(control_fd)
     code = _wait_for(manager)
@@ -39,7 +40,7 @@ def main() -> None:
     os._exit(code)
 
 
-def _manager_main(conn_fd: int, control_fd: int, run_id: str, run_dir: str | None) -> None:
+def _manager_main(conn_fd: int, control_fd: int, run_id: str, run_dir: str | None, owner: int) -> None:
     import dill  # noqa: F401 - imported once here, so that every forked worker has it already
 
     from ._manager import Manager
@@ -56,7 +57,7 @@ def _manager_main(conn_fd: int, control_fd: int, run_id: str, run_dir: str | Non
             cont = containment.CgroupContainment(run_dir)
         else:
             cont = containment.GroupContainment(run_id, os.getpid())
-        Manager(conn, control, cont, run_id).run()
+        Manager(conn, control, cont, run_id, owner).run()
     except BaseException:
         import traceback
 

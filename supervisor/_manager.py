@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import select
 import selectors
 import signal
 import socket
@@ -171,8 +172,13 @@ def decide_outcome(step: Step, exitcode: int, failed: bool) -> Outcome:
 
 
 class Manager:
-    def __init__(self, conn: socket.socket, control: ControlBlock, containment: Containment, run_id: str) -> None:
+    def __init__(
+        self, conn: socket.socket, control: ControlBlock, containment: Containment, run_id: str, owner: int
+    ) -> None:
         self.conn = conn
+        self.conn.setblocking(False)
+        self.outbox = bytearray()  # bytes for the owner that its socket did not take yet
+        self.owner_pidfd = _platform.pidfd_open(owner)  # the owner's death, even if a fork of it holds the socket
         self.conn_reader = _wire.Reader()
         self.control = control
         self.containment = containment
@@ -202,12 +208,26 @@ class Manager:
     # -- plumbing -------------------------------------------------------------------------------
 
     def send(self, msg: Any) -> None:
+        """Queue a message for the owner; never blocks (a stalled owner must not stall a teardown)."""
         if self.conn.fileno() < 0:
             return
-        try:
-            self.conn.sendall(_wire.encode(msg))
-        except OSError:
-            self._owner_gone()
+        self.outbox += _wire.encode(msg)
+        self._flush_owner()
+
+    def _flush_owner(self) -> None:
+        while self.outbox and self.conn.fileno() >= 0:
+            try:
+                n = self.conn.send(self.outbox)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._owner_gone()
+                return
+            del self.outbox[:n]
+        if self.conn.fileno() >= 0:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbox else 0)
+            if self.sel.get_key(self.conn).events != events:
+                self.sel.modify(self.conn, events, self._on_owner)
 
     def _notify(self, slot: Slot) -> None:
         self.send(("status", slot.status()))
@@ -216,6 +236,9 @@ class Manager:
         """Every fd a new child must close: ours, and every other worker's."""
         sel_fd = getattr(self.sel, "fileno", lambda: -1)()
         fds = [self.conn.fileno(), self.wake_r, self.wake_w, sel_fd, *self.incoming_fds]
+        if self.owner_pidfd is not None:
+            fds.append(self.owner_pidfd)
+        fds += [sink.fd for sink in self.sinks.values() if sink.fd > 2]
         for s in self.slots.values():
             fds.extend(fd for fd in (s.stop_w, s.result_r, s.pidfd, *s.streams) if fd is not None)
         return [fd for fd in fds if isinstance(fd, int) and fd >= 0]
@@ -229,6 +252,8 @@ class Manager:
             signal.signal(sig, lambda *_: None)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._drain_wakeups)
         self.sel.register(self.conn, selectors.EVENT_READ, self._on_owner)
+        if self.owner_pidfd is not None:
+            self.sel.register(self.owner_pidfd, selectors.EVENT_READ, self._owner_gone)
         run_dir = getattr(self.containment, "run_dir", None)
         self.send(("hello", os.getpid(), self.containment.backend, self.memory.kind, run_dir))
         while True:
@@ -243,8 +268,19 @@ class Manager:
                 sink.flush()
             if self._finish():
                 break
+        self._last_words()
         self.containment.close()
         self.memory.close()
+
+    def _last_words(self, within: float = 5.0) -> None:
+        """Deliver what is still queued for the owner (the final report), for a few seconds at most."""
+        deadline = time.monotonic() + within
+        while self.outbox and self.conn.fileno() >= 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            select.select([], [self.conn], [], left)
+            self._flush_owner()
 
     def _timeout(self) -> float | None:
         times = [
@@ -277,6 +313,9 @@ class Manager:
     # -- the owner ------------------------------------------------------------------------------
 
     def _on_owner(self) -> None:
+        self._flush_owner()
+        if self.conn.fileno() < 0:
+            return
         try:
             chunk, fds, _, _ = socket.recv_fds(self.conn, 1 << 16, 64)
         except BlockingIOError:
@@ -296,6 +335,11 @@ class Manager:
             with contextlib.suppress(KeyError, ValueError):
                 self.sel.unregister(self.conn)
             self.conn.close()
+        if self.owner_pidfd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(self.owner_pidfd)
+            os.close(self.owner_pidfd)
+            self.owner_pidfd = None
         self.closing = True
         self._begin_stop("owner-died", (0.0, 0.0))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import select
+import stat
 
 LIMIT = 1 << 20  # bytes of output held back at most per destination
 CHUNK = 4096  # <= PIPE_BUF: a write this size to a writable pipe neither blocks nor splits
@@ -20,12 +21,12 @@ class Sink:
     """Bounded, non-blocking writer of whole lines to one fd (shared with the owner)."""
 
     def __init__(self, fd: int) -> None:
-        self.fd = fd
+        self.colour = os.isatty(fd) and not os.environ.get("NO_COLOR")  # https://no-color.org
+        self.fd = _nonblocking(fd)
         self.buf = bytearray()
         self.dropped = 0  # bytes dropped since the last note about it
-        self.colour = os.isatty(fd) and not os.environ.get("NO_COLOR")  # https://no-color.org
         self._poll = select.poll()
-        self._poll.register(fd, select.POLLOUT)
+        self._poll.register(self.fd, select.POLLOUT)
 
     def write(self, line: bytes) -> None:
         if len(self.buf) + len(line) > LIMIT:
@@ -57,6 +58,25 @@ class Sink:
     @property
     def pending(self) -> bool:
         return bool(self.buf)
+
+
+def _nonblocking(fd: int) -> int:
+    """A descriptor for the same file that never blocks us, and leaves the owner's fd as it is.
+
+    A terminal or pipe is opened again through ``/proc/self/fd`` (a new open file description,
+    whose O_NONBLOCK is ours alone); a regular file never blocks for long. Elsewhere (macOS), the
+    shared fd is kept and writes go only as far as ``poll`` allows.
+    """
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return fd
+    if stat.S_ISREG(mode):
+        return fd
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return fd
 
 
 class Splitter:

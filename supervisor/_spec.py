@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 from dataclasses import dataclass, field
 
@@ -44,8 +45,9 @@ def check_duration(name: str, value: float | None, *, allow_none: bool = False, 
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    if value != value or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {'positive' if positive else 'zero or more'} seconds, not {value!r}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        kind = "positive" if positive else "zero or more"
+        raise ValueError(f"{name} must be a finite number of seconds, {kind}, not {value!r}")
 
 
 def parse_signal(value: str | int) -> int:

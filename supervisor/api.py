@@ -83,7 +83,7 @@ class Supervisor:
         self.grace_period = float(grace_period)
         self.term_timeout = float(term_timeout)
         self._cond = threading.Condition()
-        self._send_lock = threading.Lock()
+        self._send_lock = threading.RLock()  # whole messages, in order; never taken by the reader
         # Everything below is guarded by _cond and written by the reader thread (or under _cond).
         self._statuses: dict[str, WorkerStatus] = {}  # worker name -> latest status, in start order
         self._failures: list[Failure] = []
@@ -367,12 +367,14 @@ class Supervisor:
 
     def _submit(self, pool: PoolSpec) -> list[WorkerStatus]:
         name = pool.name
+        with self._send_lock:  # tickets go out in the order they are numbered
+            with self._cond:
+                if self._closing or self._gone:
+                    raise RuntimeError("this supervisor has been stopped; create a new one")
+                self._spawns_sent += 1
+                ticket = self._spawns_sent
+            self._send(("spawn", pool))  # never while holding _cond: the reader thread needs it
         with self._cond:
-            if self._closing or self._gone:
-                raise RuntimeError("this supervisor has been stopped; create a new one")
-            self._spawns_sent += 1
-            ticket = self._spawns_sent
-            self._send(("spawn", pool))
             self._cond.wait_for(lambda: ticket in self._spawn_replies or self._gone)
             error = self._spawn_replies.pop(ticket, "the supervisor's manager process is gone")
             if error is not None:
@@ -395,6 +397,8 @@ class Supervisor:
         A second call can only hasten a stop in progress: ``request_stop_for(r, 0, 0)`` skips
         straight to SIGKILL.
         """
+        check_duration("grace_period", grace_period, allow_none=True)
+        check_duration("term_timeout", term_timeout, allow_none=True)
         with self._cond:
             if exc is not None and self._requested_exc is None:
                 self._requested_exc = exc
@@ -424,8 +428,9 @@ class Supervisor:
 
         Pools name it in ``inputs``/``outputs``; the owner can put into it (then ``close()`` it)
         or iterate it, for example to feed a training loop from the last stage of a pipeline.
+        Create a channel before the pools that use it.
         """
-        with self._cond:
+        with self._send_lock:
             handle = self._channels.get(name)
             if handle is not None:
                 if capacity is not None and capacity != handle.capacity:
@@ -523,14 +528,15 @@ class Supervisor:
             self._mark_stopping()
             first = not self._closing
             self._closing = True
-            try:
-                self._send(("stop", "requested", (grace_period, term_timeout)))
-                if first:
-                    self._send(("close",))
-            except RuntimeError:
-                pass  # the manager is already gone (another stop() closed it): just collect its report
-            if self.stop_order == "together":
-                self._control.stop_all()
+        try:
+            self._send(("stop", "requested", (grace_period, term_timeout)))
+            if first:
+                self._send(("close",))
+        except RuntimeError:
+            pass  # the manager is already gone (another stop() closed it): just collect its report
+        if self.stop_order == "together":
+            self._control.stop_all()
+        with self._cond:
             self._cond.wait_for(lambda: self._gone)
             ticket = self._spawns_sent
             if self._idle is not None and self._idle[0] >= ticket:

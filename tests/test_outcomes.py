@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 
@@ -273,3 +274,38 @@ def test_workers_that_see_the_flag_before_the_manager_hears_of_it_count_as_stopp
         report = sup.stop()
         assert report.counts() == {"stopped": 17}, report.counts()
         assert report.reason == "requested"
+
+
+def test_a_terminal_nobody_reads_does_not_stall_the_teardown(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Workers' output goes through the manager; a full terminal must not freeze its loop."""
+    import pty
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    result = tmp_path / "took"
+    script = f"""
+import sys, time
+sys.path[:0] = [{ROOT!r}, {ROOT + "/tests"!r}]
+from supervisor import Supervisor
+import workers
+sup = Supervisor(grace_period=1, term_timeout=1, output="prefix")
+sup.spawn(workers.chatter, replicas=2)
+time.sleep(1.5)  # long enough to fill the terminal's buffer
+t0 = time.monotonic()
+report = sup.stop()
+open({str(result)!r}, "w").write(f"{{time.monotonic() - t0}} {{sorted(report.counts())}}")
+"""
+    main_fd, child_fd = pty.openpty()
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=child_fd, stderr=child_fd)
+    os.close(child_fd)
+    try:
+        assert wait_until(result.exists, 60)
+        took, counts = result.read_text().split(" ", 1)
+        assert counts == "['stopped']"
+        assert float(took) < 10, took  # grace + term is 2 s; a stalled loop waited for a reader
+    finally:
+        owner.kill()
+        owner.wait()
+        os.close(main_fd)

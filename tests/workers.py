@@ -266,3 +266,10 @@ def big_arrays(ctx: WorkerContext, count: int, megabytes: int) -> None:
     out = ctx.outputs[0]
     for n in range(count):
         out.put(np.full(megabytes << 20, n % 251, dtype=np.uint8))
+
+
+def chatter(ctx: WorkerContext) -> None:
+    """Print lines as fast as possible until asked to stop (blocks when nobody reads them)."""
+    line = "x" * 200
+    while not ctx.should_stop():
+        print(line, flush=True)
