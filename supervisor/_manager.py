@@ -42,6 +42,7 @@ from .strategy import Member, Plan, Restarts
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 Waits = tuple[float | None, float | None]  # (grace_period, term_timeout); None: the pool's own
+STREAM_LINGER = 1.0  # seconds output pipes may stay open once every process of the run is gone
 TREE_RECHECK = 0.01  # seconds between checks of a tree whose worker is gone but whose members are not
 
 
@@ -98,6 +99,7 @@ class Slot:
     oom_kills: int = 0  # the slot's memory cgroup OOM-kill count when this incarnation started
     oom_killed: bool = False
     restart_at: float | None = None  # a restart is due at this monotonic time
+    stop_seen: bool = False  # a global stop had begun when this incarnation's exit was recorded
 
     @property
     def name(self) -> str:
@@ -158,17 +160,22 @@ class Slot:
         return None
 
 
-def decide_outcome(step: Step, exitcode: int, failed: bool) -> Outcome:
-    """The ladder step in force at the exit decides; before any stop, the exit itself does."""
+def decide_outcome(step: Step, exitcode: int, failed: bool, command: bool = False) -> Outcome:
+    """The ladder step in force at the exit decides; before it, the exit itself does.
+
+    After the cooperative step a worker that exits 0 stopped; one that raised failed; one that
+    died of a signal or a non-zero exit we did not cause crashed (a segfault during the grace
+    period is still a crash). A command was sent its ``stop_signal``, so any exit is ``stopped``.
+    """
     if step >= Step.KILL:
         return Outcome.KILLED
     if step >= Step.TERM:
         return Outcome.TERMINATED
     if failed:
         return Outcome.FAILED
-    if step is Step.COOPERATIVE:
-        return Outcome.STOPPED
-    return Outcome.COMPLETED if exitcode == 0 else Outcome.CRASHED
+    if exitcode == 0 or (command and step is Step.COOPERATIVE):
+        return Outcome.STOPPED if step is Step.COOPERATIVE else Outcome.COMPLETED
+    return Outcome.CRASHED
 
 
 class Manager:
@@ -198,6 +205,7 @@ class Manager:
         self.restarts = self.settings.restarts()
         self.groups: list[tuple[set[int], tuple[int, ...], float]] = []  # (waiting for, to restart, delay)
         self.sinks: dict[int, Sink] = {}  # our stdout/stderr, in "prefix" output mode
+        self.streams_deadline: float | None = None  # see _streams_closed
         self.memory = MemoryCgroups(getattr(containment, "run_dir", None))
         self.channels = ChannelTable()
         self.incoming_fds: collections.deque[int] = collections.deque()  # sent with owner messages
@@ -261,6 +269,7 @@ class Manager:
                 key.data()
             self._reap()
             self._climb()
+            self._check_trees()
             self._restart_due()
             self._check_heartbeats()
             self.channels.update(self._producing, self._consumers)
@@ -290,6 +299,8 @@ class Manager:
             if r is not None and (t := r.next_time()) is not None
         ]
         times += [s.restart_at for s in self.slots.values() if s.restart_at is not None]
+        if self.streams_deadline is not None:
+            times.append(self.streams_deadline)
         times += self._heartbeat_deadlines()
         if (
             any(s.tree is not None for s in self.slots.values())
@@ -382,18 +393,40 @@ class Manager:
             self.slots[slot.id] = slot
             new.append(slot)
         for slot in new:
-            self._start(slot)
+            if self.stop_since is None:
+                self._start(slot)
+            else:  # a failure among the first ones stopped the run: the rest never start
+                slot.outcome = Outcome.STOPPED
+                slot.transition(WorkerState.EXITED)
         self.send(("spawned", self.spawns_seen, None))
 
     # -- starting -------------------------------------------------------------------------------
 
     def _start(self, slot: Slot) -> None:
-        """Fork one incarnation of ``slot``; the child never returns here."""
+        """Start one incarnation of ``slot``; if the system refuses (no fds, no memory), it failed."""
+        made: list[int] = []
+        try:
+            self._fork(slot, made)
+        except OSError as exc:
+            for fd in made:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            slot.failure = ("OSError", f"cannot start a worker: {exc}", "", None)
+            slot.outcome, slot.exitcode, slot.pid = Outcome.FAILED, None, None
+            slot.transition(WorkerState.EXITED)
+            self._event("exited", slot, outcome=slot.outcome.value, error=slot.error())
+            self._react(slot)
+
+    def _fork(self, slot: Slot, made: list[int]) -> None:
+        """Fork one incarnation of ``slot`` (``made``: fds created so far); the child never returns."""
         self.control.reset_slot(slot.id)
         procs = self.containment.prepare(slot.id)
         stop_r, stop_w = os.pipe()
+        made += (stop_r, stop_w)
         result_r, result_w = os.pipe()
+        made += (result_r, result_w)
         outputs = self._output_pipes(slot)
+        made += [fd for pair in outputs for fd in pair]
         placement = Placement(
             pool=slot.pool,
             index=slot.index,
@@ -406,6 +439,7 @@ class Manager:
             output_fds=tuple(w for _, w in outputs),
             memory_cgroup=self.memory.prepare(slot.id, slot.pool.memory_limit) if slot.pool.memory_limit else None,
             channels=self.channels.specs(),
+            upstream_first=self.settings.stop_order == "upstream-first",
         )
         slot.oom_kills = self.memory.oom_kills(slot.id) if slot.pool.memory_limit else 0
         private = [*self._manager_fds(), stop_w, result_r, *(r for r, _ in outputs)]
@@ -511,6 +545,7 @@ class Manager:
 
     def _begin_stop(self, reason: str, waits: Waits) -> None:
         """Start (or hasten) the global stop: every live worker climbs the ladder from now on."""
+        self._reap()  # workers already dead are judged by the time before this stop
         now = time.monotonic()
         upstream_first = self.settings.stop_order == "upstream-first" and reason != "owner-died"
         if not upstream_first:
@@ -594,16 +629,22 @@ class Manager:
     # -- exits ----------------------------------------------------------------------------------
 
     def _reap(self) -> None:
+        """Collect every exit first, then react: workers that died together are judged together
+        (the first one's failure must not make the others look stopped)."""
+        ended: list[Slot] = []
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
             slot = self.by_pid.pop(pid, None)
             if slot is not None:
                 self._exited(slot, os.waitstatus_to_exitcode(status))
+                ended.append(slot)
+        for slot in ended:
+            self._react(slot)
 
     def _notice_stop_flag(self) -> None:
         """A stop someone flagged in shared memory but whose message we have not read yet.
@@ -629,7 +670,7 @@ class Manager:
         step = slot.rung.step if slot.rung is not None else Step.NONE
         slot.exitcode = exitcode
         slot.exited_at = now
-        slot.outcome = decide_outcome(step, exitcode, slot.failure is not None)
+        slot.outcome = decide_outcome(step, exitcode, slot.failure is not None, slot.pool.argv is not None)
         if exitcode == -signal.SIGKILL and slot.pool.memory_limit and step < Step.KILL:
             slot.oom_killed = self.memory.oom_kills(slot.id) > slot.oom_kills
         self.last_exit = now
@@ -643,10 +684,14 @@ class Manager:
             error=slot.error(),
         )
         self._sweep_tree(slot, now)
-        if self.stop_since is not None:
+        slot.stop_seen = self.stop_since is not None
+
+    def _react(self, slot: Slot) -> None:
+        """After an exit: report a failure during a stop, or apply the restart strategy."""
+        if slot.stop_seen or self.stop_since is not None:
             if slot.failed:
                 self.send(("failure", self._failure(slot)))
-        elif step is Step.NONE or slot.hung is not None:
+        elif slot.rung is None or slot.hung is not None:
             self._carry_out(slot, self.restarts.on_exit(self._member(slot), slot.failed, self._members()))
 
     def _failure(self, slot: Slot) -> Failure:
@@ -690,8 +735,15 @@ class Manager:
             if other.state is not WorkerState.EXITED:
                 self._stop_slot(other, now, *self._waits(other))
         if plan.restart:
-            self.groups.append(({slot.id, *plan.stop}, plan.restart, plan.delay))
-            self._event("restarting", slot, slots=[self.slots[k].name for k in plan.restart], delay=plan.delay)
+            waiting, again, delay = {slot.id, *plan.stop}, set(plan.restart), plan.delay
+            for group in list(self.groups):  # overlapping restarts become one
+                if group[0] & waiting or set(group[1]) & again:
+                    self.groups.remove(group)
+                    waiting |= group[0]
+                    again |= set(group[1])
+                    delay = max(delay, group[2])
+            self.groups.append((waiting, tuple(sorted(again)), delay))
+            self._event("restarting", slot, slots=[self.slots[k].name for k in sorted(again)], delay=delay)
 
     def _restart_due(self) -> None:
         """Schedule groups whose every member has ended, and start the restarts that are due."""
@@ -705,7 +757,8 @@ class Manager:
                 for key in again:
                     self.slots[key].restart_at = now + delay
         for slot in self.slots.values():
-            if slot.restart_at is not None and slot.restart_at <= now and slot.tree is None:
+            due = slot.restart_at is not None and slot.restart_at <= now
+            if due and slot.state is WorkerState.EXITED and slot.tree is None:
                 slot.restarts += 1
                 self._start(slot)
 
@@ -739,7 +792,8 @@ class Manager:
 
     # -- the end --------------------------------------------------------------------------------
 
-    def _trees_done(self) -> bool:
+    def _check_trees(self) -> bool:
+        """Release the trees that are empty now; True if no worker's leftovers remain."""
         done = True
         for slot in self.slots.values():
             if slot.tree is None:
@@ -762,15 +816,34 @@ class Manager:
     def _finish(self) -> bool:
         """Tell the owner when everything has ended; True when the manager should exit."""
         if self.groups or any(
-            s.state is not WorkerState.EXITED or s.streams or s.restart_at is not None for s in self.slots.values()
+            s.state is not WorkerState.EXITED or s.restart_at is not None for s in self.slots.values()
         ):
             return False
-        if not self._trees_done() or self._strays():
+        if not self._check_trees() or self._strays() or not self._streams_closed():
             return False
         if not self.idle_sent:
             self.idle_sent = True
             self.send(("idle", self.spawns_seen, self._report()))
         return self.closing
+
+    def _streams_closed(self) -> bool:
+        """Output pipes reach end-of-file once every process holding them is gone. A process we
+        could not find (it escaped every marker) may hold one for ever: after ``STREAM_LINGER``
+        seconds the pipes are closed anyway, so that the end never depends on it."""
+        open_streams = [(s, fd) for s in self.slots.values() for fd in s.streams]
+        if not open_streams:
+            self.streams_deadline = None
+            return True
+        now = time.monotonic()
+        if self.streams_deadline is None:
+            self.streams_deadline = now + STREAM_LINGER
+        if now < self.streams_deadline:
+            return False
+        for slot, fd in open_streams:
+            slot.streams.pop(fd).close()
+            self.sel.unregister(fd)
+            os.close(fd)
+        return True
 
     def _report(self) -> TeardownReport:
         workers = [s.report() for s in self.slots.values()]

@@ -42,6 +42,7 @@ class Placement:
     output_fds: tuple[int, ...] = ()  # write ends to become stdout and stderr ("prefix" output mode)
     memory_cgroup: str | None = None  # cgroup.procs of the slot's memory cgroup (memory_limit)
     channels: tuple[ChannelSpec, ...] = ()  # every channel of the run (inherited descriptors)
+    upstream_first: bool = False  # the run's stop order
 
     @property
     def name(self) -> str:
@@ -87,6 +88,8 @@ def _start_in_child(p: Placement, control: ControlBlock) -> int:
         raise
     if p.pool.argv is not None:
         _wire.send(p.result_fd, ("ready",))
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores them; programs expect defaults
+            signal.signal(sig, signal.SIG_DFL)
         try:
             os.execvp(p.pool.argv[0], list(p.pool.argv))
         except OSError as exc:
@@ -156,6 +159,7 @@ def _run_target(p: Placement, control: ControlBlock) -> int:
         channels={c.name: c for c in p.channels},
         inputs=p.pool.inputs,
         outputs=p.pool.outputs,
+        upstream_first=p.upstream_first,
     )
     if p.pool.sys_path:
         sys.path[:] = p.pool.sys_path

@@ -173,7 +173,10 @@ class Supervisor:
             while chunk := self._sock.recv(1 << 16):
                 for msg in reader.feed(chunk):
                     with self._cond:
-                        self._dispatch(msg)
+                        try:
+                            self._dispatch(msg)
+                        except Exception as exc:
+                            print(f"supervisor: ignoring a message it could not handle: {exc!r}", file=sys.stderr)
                         self._cond.notify_all()
         except OSError:
             pass
@@ -461,8 +464,14 @@ class Supervisor:
         """Append to the event log (caller holds ``_cond``)."""
         self._events.append(event)
         if self._events_file is not None:
-            self._events_file.write(json.dumps(event) + "\n")
-            self._events_file.flush()
+            try:
+                self._events_file.write(json.dumps(event, default=str) + "\n")
+                self._events_file.flush()
+            except (OSError, ValueError) as exc:  # a full disk must not end the run: the log stops
+                print(f"supervisor: event log disabled: {exc}", file=sys.stderr)
+                with contextlib.suppress(OSError):
+                    self._events_file.close()
+                self._events_file = None
 
     def log_event(self, kind: str, **fields: Any) -> None:
         """Add an event of your own to the lifecycle log (JSON-ready fields)."""
@@ -506,12 +515,15 @@ class Supervisor:
             )
             if not done:
                 raise TimeoutError(f"workers still running after {timeout} s")
-            report = self._idle[1] if self._idle is not None else self._final
-            if report is None:
-                raise RuntimeError("the supervisor's manager process is gone")
-            return report
+            if self._idle is not None and self._idle[0] >= ticket:
+                return self._idle[1]
+            if self._final is not None:
+                return self._final
+            return TeardownReport(ok=False, reason="manager-died", duration=0.0, workers=[])
 
     def _raise_for(self, report: TeardownReport) -> None:
+        if report.reason == "manager-died":
+            raise RuntimeError("the supervisor's manager process died; its workers were killed with it")
         if self._requested_exc is not None:
             raise self._requested_exc
         if self._failures:
@@ -544,7 +556,8 @@ class Supervisor:
         self._proc.wait()
         self._sock.close()
         if self._events_file is not None:
-            self._events_file.close()
+            with contextlib.suppress(OSError):
+                self._events_file.close()
         _live.discard(self)
         with self._cond:
             if self._final is None:
@@ -561,6 +574,28 @@ class Supervisor:
 
     def __repr__(self) -> str:
         return f"<Supervisor run={self.run_id} workers={len(self._statuses)} backend={self.containment}>"
+
+
+def _abandon_in_child() -> None:
+    """In a forked child of the owner: the parent's supervisors are not ours to use or stop.
+
+    Their descriptors are closed here (so the manager still sees the owner's death), and their
+    locks replaced (a thread of the parent may have held them at the fork).
+    """
+    for sup in list(_live):
+        sup._cond, sup._send_lock = threading.Condition(), threading.RLock()
+        sup._gone = sup._closing = True
+        with contextlib.suppress(OSError):
+            os.close(sup._sock.detach())
+        for fd in (sup._stop_r, sup._stop_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        sup._stop_w = -1
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_abandon_in_child)
 
 
 @atexit.register

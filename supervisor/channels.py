@@ -14,15 +14,18 @@ Built from kernel objects only, so that no process can wedge a channel by dying 
 - End-of-stream is a marker message the manager sends to each consumer once every producer of the
   channel has ended (and will not be restarted), after the items already sent.
 - Each process counts, in the control block, the credits it took and gave and the items it sent
-  and received (each counter has one writer). When a worker dies the manager gives back the credits
-  it held. Every counter errs towards "held", so a death can only leave a channel one place larger
-  for a moment, never smaller.
+  and received (one writer per counter: the worker's threads take a lock). When a worker dies the
+  manager gives back the credits it held. Every counter errs towards "held", so a death can only
+  make a channel one place larger (the credit pipe drops credits beyond its room), never smaller.
+  Processes a worker forks share its counters: they should not use its channels.
 
 ``put`` and ``get`` raise ``Stopped`` as soon as a stop is requested, even while blocked.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import mmap
 import os
 import pickle
@@ -30,6 +33,7 @@ import queue
 import select
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -80,7 +84,20 @@ def create(name: str, index: int, capacity: int) -> ChannelSpec:
         except OSError:
             pass
     credit_r, credit_w = os.pipe()
-    os.write(credit_w, b"c" * capacity)  # the pipe's default 64 KiB holds MAX_CAPACITY credits
+    if hasattr(fcntl, "F_SETPIPE_SZ"):  # room for twice the credits: a give-back never blocks
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(credit_w, fcntl.F_SETPIPE_SZ, max(65536, 2 * capacity))
+    os.set_blocking(credit_w, False)  # full means "all credits are home": extra ones are dropped
+    try:
+        written = os.write(credit_w, b"c" * capacity)
+    except BlockingIOError:
+        written = 0
+    if written != capacity:
+        for fd in (credit_r, credit_w):
+            os.close(fd)
+        send.close()
+        recv.close()
+        raise OSError(f"channel {name!r}: the system cannot hold {capacity} credits in a pipe")
     return ChannelSpec(name, index, capacity, send.detach(), recv.detach(), credit_r, credit_w)
 
 
@@ -195,6 +212,7 @@ class Channel:
         self._on_first_put = on_first_put
         self._on_close = on_close
         self._ended = False
+        self._count_lock = threading.Lock()
         for fd in (spec.credit_r, spec.recv_fd):
             os.set_blocking(fd, False)
 
@@ -204,7 +222,8 @@ class Channel:
     def _count(self, which: int, delta: int) -> None:
         if self._counters is not None:
             control, slot = self._counters
-            control.count(slot, self.spec.index, which, delta)
+            with self._count_lock:  # threads of one worker share its counters
+                control.count(slot, self.spec.index, which, delta)
 
     def _wait(self, fd: int, event: int, deadline: float | None, timeout_error: type[Exception]) -> None:
         """Block until ``fd`` is ready for ``event``; Stopped or ``timeout_error`` otherwise."""
@@ -257,7 +276,8 @@ class Channel:
             self._wait(self.spec.credit_r, select.POLLIN, deadline, queue.Full)
 
     def _give_credit(self) -> None:
-        os.write(self.spec.credit_w, b"c")
+        with contextlib.suppress(BlockingIOError):  # full: every credit is home already
+            os.write(self.spec.credit_w, b"c")
         self._count(GIVEN, 1)
 
     def _send(self, message: bytes, fd: int | None, deadline: float | None) -> None:
@@ -321,7 +341,8 @@ def held_credits(control: ControlBlock, slot: int, index: int) -> int:
 
 def give_back(spec: ChannelSpec, credits: int) -> None:
     if credits > 0:
-        os.write(spec.credit_w, b"c" * credits)
+        with contextlib.suppress(BlockingIOError):
+            os.write(spec.credit_w, b"c" * credits)
 
 
 @dataclass

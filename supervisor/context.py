@@ -31,6 +31,7 @@ class WorkerContext:
         channels: Mapping[str, ChannelSpec] | None = None,
         inputs: tuple[str, ...] = (),
         outputs: tuple[str, ...] = (),
+        upstream_first: bool = False,
     ) -> None:
         self.name = name
         self.pool = pool
@@ -44,6 +45,7 @@ class WorkerContext:
         self._channel_specs = dict(channels or {})
         self._channels: dict[str, Channel] = {}
         self._input_names, self._output_names = inputs, outputs
+        self._upstream_first = upstream_first  # a stop flags the sources first, not everyone
 
     def __repr__(self) -> str:
         return f"<WorkerContext {self.name}>"
@@ -77,7 +79,10 @@ class WorkerContext:
         try:  # the message first: the manager should know who asked before others see the flag
             _wire.send(self._result_fd, ("stop", pack_exception(exc) if exc is not None else None))
         finally:
-            self._control.stop_all()
+            if self._upstream_first:
+                self._control.stop_slot(self._slot)
+            else:
+                self._control.stop_all()
 
     def channel(self, name: str) -> Channel:
         """This worker's handle on channel ``name`` (put, get, iterate; stop-aware)."""

@@ -53,6 +53,8 @@ def test_tighten_only_moves_deadlines_earlier() -> None:
         (Step.NONE, 1, True, Outcome.FAILED),
         (Step.COOPERATIVE, 0, False, Outcome.STOPPED),
         (Step.COOPERATIVE, 1, True, Outcome.FAILED),
+        (Step.COOPERATIVE, 3, False, Outcome.CRASHED),  # os._exit(3) during the grace period
+        (Step.COOPERATIVE, -11, False, Outcome.CRASHED),
         (Step.TERM, 0, False, Outcome.TERMINATED),  # a SIGTERM handler that exits 0 still counts
         (Step.TERM, -15, False, Outcome.TERMINATED),
         (Step.TERM, 1, True, Outcome.TERMINATED),
@@ -64,6 +66,14 @@ def test_the_step_in_force_at_exit_decides_the_outcome(
     step: Step, exitcode: int, failed: bool, outcome: Outcome
 ) -> None:
     assert decide_outcome(step, exitcode, failed) is outcome
+
+
+@pytest.mark.parametrize("exitcode", [0, 130, -2, -15])
+def test_a_command_that_ends_after_its_stop_signal_stopped(exitcode: int) -> None:
+    assert decide_outcome(Step.COOPERATIVE, exitcode, False, command=True) is Outcome.STOPPED
+    assert decide_outcome(Step.NONE, exitcode, False, command=True) is (
+        Outcome.COMPLETED if exitcode == 0 else Outcome.CRASHED
+    )
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,8 @@ def test_one_for_all_restarts_everyone(tmp_path) -> None:  # type: ignore[no-unt
 def test_rest_for_one_restarts_the_pool_and_those_started_after_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with Supervisor(strategy="rest_for_one", grace_period=1, term_timeout=1) as sup:
         sup.spawn(workers.cooperative, name="source", restart="always")
-        sup.spawn(workers.crash_once, name="middle", args=(str(tmp_path / "flag"),), restart="on-failure")
+        # the crash waits until the pool after it exists, so that it is part of the restart
+        sup.spawn(workers.crash_once, name="middle", args=(str(tmp_path / "flag"), 1.0), restart="on-failure")
         sup.spawn(workers.cooperative, name="sink", restart="on-failure")
         assert wait_until(lambda: settled(sup, {"source.0": 0, "middle.0": 1, "sink.0": 1}), 60), sup.status()
 

@@ -153,10 +153,11 @@ def env_reporter(ctx: WorkerContext, path: str, key: str) -> None:
         f.write(f"{ctx.name} {ctx.pool} {ctx.index} {os.environ.get(key)}")
 
 
-def crash_once(ctx: WorkerContext, flag: str) -> None:
-    """The first incarnation crashes; later ones run cooperatively."""
+def crash_once(ctx: WorkerContext, flag: str, delay: float = 0.0) -> None:
+    """The first incarnation crashes (after ``delay`` s); later ones run cooperatively."""
     if not os.path.exists(flag):
         open(flag, "w").close()
+        time.sleep(delay)
         os._exit(3)
     cooperative(ctx)
 
@@ -273,3 +274,32 @@ def chatter(ctx: WorkerContext) -> None:
     line = "x" * 200
     while not ctx.should_stop():
         print(line, flush=True)
+
+
+def leave_child_then_fail(ctx: WorkerContext, flag: str) -> None:
+    """First incarnation: start a long child, then raise; later ones run cooperatively."""
+    if not os.path.exists(flag):
+        open(flag, "w").close()
+        subprocess.Popen(SLEEP)
+        raise ValueError("failed, leaving a child behind")
+    cooperative(ctx)
+
+
+def crash_or_wait(ctx: WorkerContext, folder: str, crash_after: float) -> None:
+    """First incarnation of index 0 crashes after a while; other first incarnations ignore the
+    stop event (ended by SIGTERM); every later incarnation waits cooperatively."""
+    mark = os.path.join(folder, ctx.name)
+    if not os.path.exists(mark):
+        open(mark, "w").close()
+        if ctx.index == 0:
+            time.sleep(crash_after)
+            raise ValueError(f"{ctx.name} crash")
+        while True:
+            time.sleep(0.05)
+    ctx.wait()
+
+
+def exit3_at(ctx: WorkerContext, when: float) -> None:
+    """Exit with code 3 at the wall-clock time ``when`` (workers dying together)."""
+    time.sleep(max(0.0, when - time.time()))
+    os._exit(3)
