@@ -219,8 +219,7 @@ class Manager:
         """Queue a message for the owner; never blocks (a stalled owner must not stall a teardown)."""
         if self.conn.fileno() < 0:
             return
-        self.outbox += _wire.encode(msg)
-        self._flush_owner()
+        self.outbox += _wire.encode(msg)  # sent at the end of this loop pass: one write for many messages
 
     def _flush_owner(self) -> None:
         while self.outbox and self.conn.fileno() >= 0:
@@ -264,6 +263,7 @@ class Manager:
             self.sel.register(self.owner_pidfd, selectors.EVENT_READ, self._owner_gone)
         run_dir = getattr(self.containment, "run_dir", None)
         self.send(("hello", os.getpid(), self.containment.backend, self.memory.kind, run_dir))
+        self._flush_owner()
         while True:
             for key, _ in self.sel.select(self._timeout()):
                 key.data()
@@ -275,7 +275,9 @@ class Manager:
             self.channels.update(self._producing, self._consumers)
             for sink in self.sinks.values():
                 sink.flush()
-            if self._finish():
+            done = self._finish()
+            self._flush_owner()
+            if done:
                 break
         self._last_words()
         self.containment.close()
@@ -613,12 +615,30 @@ class Manager:
         trees = [s.tree for s in self.slots.values() if s.tree is not None]
         if not live and not trees:
             return
-        for rung, step in climb(live, now)[0]:
-            slot = self.slots[rung.key]
+        due = [
+            (self.slots[r.key], signal.SIGTERM if step is Step.TERM else signal.SIGKILL)
+            for r, step in climb(live, now)[0]
+        ]
+        for slot, sig in due:  # every worker first (a few microseconds each), so they all die at once
+            if slot.state is not WorkerState.EXITED and slot.pid is not None:
+                self._signal_worker(slot, sig)
+        for slot, sig in due:  # then each whole tree, which takes a walk of the cgroup or of /proc
             if slot.state is not WorkerState.EXITED:
-                self._signal_tree(slot, signal.SIGTERM if step is Step.TERM else signal.SIGKILL)
+                self._signal_tree(slot, sig)
         for rung, step in climb(trees, now)[0]:
             self._signal_tree(self.slots[rung.key], signal.SIGTERM if step is Step.TERM else signal.SIGKILL)
+
+    @staticmethod
+    def _signal_worker(slot: Slot, sig: int) -> None:
+        """Signal the worker process itself (by pidfd where there is one: it cannot hit a stranger)."""
+        for s in (sig, signal.SIGCONT) if sig == signal.SIGTERM else (sig,):
+            try:
+                if slot.pidfd is not None:
+                    signal.pidfd_send_signal(slot.pidfd, s)
+                elif slot.pid is not None:
+                    os.kill(slot.pid, s)
+            except OSError:
+                return
 
     def _signal_tree(self, slot: Slot, sig: int) -> None:
         pid = slot.pid if slot.state is not WorkerState.EXITED else None

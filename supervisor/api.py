@@ -171,13 +171,13 @@ class Supervisor:
         reader = _wire.Reader()
         try:
             while chunk := self._sock.recv(1 << 16):
-                for msg in reader.feed(chunk):
-                    with self._cond:
+                with self._cond:  # one wake-up of the waiters per chunk, not per message
+                    for msg in reader.feed(chunk):
                         try:
                             self._dispatch(msg)
-                        except Exception as exc:
+                        except Exception as exc:  # one bad message must not end the run
                             print(f"supervisor: ignoring a message it could not handle: {exc!r}", file=sys.stderr)
-                        self._cond.notify_all()
+                    self._cond.notify_all()
         except OSError:
             pass
         with self._cond:
