@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import inprocess
+from . import channels, inprocess
 from .orchestrate import Run, run_scenario
 from .report import Cell, Table
 from .systems import LABELS
@@ -84,7 +84,7 @@ class Suite:
         self._add(
             Table(
                 "channels",
-                "Channel throughput, one producer process to the parent",
+                "Channel throughput: producer processes to the parent, through one channel (capacity 64)",
                 "items/s, MB/s",
                 chan_cols,
             )
@@ -136,17 +136,24 @@ class Suite:
         t.notes.append("Ratios here are against ctx.heartbeat().")
 
     def _channels(self) -> None:
+        """One channel into the parent: ours vs a raw multiprocessing.Queue (same capacity, 64)."""
         t = self.tables["channels"]
-        row = t.row("ours: channels", "ours")
-        for col in t.columns:
-            row.cells[col] = Cell(status="na", note="(not measured yet)")
         quick = self.opts.runs <= 3 and max(self.opts.sizes) <= 64
         counts = (20_000, 100, 12) if quick else (50_000, 300, 40)
-        q = t.row("multiprocessing.Queue (raw)", "peer")
-        for col, size, count in zip(t.columns, (1024, MIB, 16 * MIB), counts, strict=True):
-            scale = 1.0 if size == 1024 else size / 1e6
-            q.cells[col] = self._repeat(f"queue {col}", inprocess.queue_rate, size, count, scale=scale)
-        t.notes.append(f"Items per run: {counts[0]:,} / {counts[1]} / {counts[2]}; MB = 10^6 bytes.")
+        for label, kind, fn, producers in [
+            ("ours: channel, 1 producer", "ours", channels.channel_rate, 1),
+            ("ours: channel, 4 producers", "ours", channels.channel_rate, 4),
+            ("multiprocessing.Queue, 1 producer", "peer", channels.queue_rate, 1),
+            ("multiprocessing.Queue, 4 producers", "peer", channels.queue_rate, 4),
+        ]:
+            row = t.row(label, kind)
+            for col, size, count in zip(t.columns, (1024, MIB, 16 * MIB), counts, strict=True):
+                scale = 1.0 if size == 1024 else size / 1e6
+                row.cells[col] = self._repeat(f"{label} {col}", fn, size, count, producers, scale=scale)
+        t.notes.append(
+            f"Items per run: {counts[0]:,} / {counts[1]} / {counts[2]}; 1 KiB items are bytes, the larger ones "
+            "NumPy arrays; MB = 10^6 bytes; timed from the first item received to the last."
+        )
 
     def _floors(self) -> None:
         """The hardware floors and raw multiprocess loops, next to the rows they bound."""
