@@ -14,6 +14,8 @@ import signal
 import time
 import uuid
 
+from supervisor._platform import is_zombie
+
 MARKER_ENV = "LADDER_BENCH"
 RUN_ID = uuid.uuid4().hex[:10]
 
@@ -32,16 +34,6 @@ def _environ_has(pid: int, needle: bytes, prefix: bool) -> bool:
     if prefix:
         return any(e.startswith(needle) for e in entries)
     return needle in entries
-
-
-def is_zombie(pid: int) -> bool:
-    """True for a process that has exited but is not reaped yet (or is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
 
 
 def marked(value: str | None = None) -> set[int]:
