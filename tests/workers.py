@@ -203,10 +203,10 @@ def count_zombies(ctx: WorkerContext, settle: float = 5.0) -> None:
     ctx.wait()
 
 
-def produce(ctx: WorkerContext, count: int, pause: float = 0.0) -> None:
-    """Put (index, n) for n in range(count) into the first output channel."""
+def produce(ctx: WorkerContext, count: int, pause: float = 0.0, offset: int = 0) -> None:
+    """Put (index, offset + n) for n in range(count) into the first output channel."""
     out = ctx.outputs[0]
-    for n in range(count):
+    for n in range(offset, offset + count):
         out.put((ctx.index, n))
         if pause:
             time.sleep(pause)
