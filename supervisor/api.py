@@ -89,7 +89,6 @@ class Supervisor:
         self._failures: list[Failure] = []
         self._failures_raised = 0  # how many of _failures a join() has already raised
         self._requested_exc: BaseException | None = None  # first exception passed to request_stop
-        self._stop_reason: str | None = None
         self._spawns_sent = 0
         self._spawn_replies: dict[int, str | None] = {}
         self._idle: tuple[int, TeardownReport] | None = None  # (spawns seen, report) of the last idle
@@ -116,7 +115,7 @@ class Supervisor:
                 pass_fds=(theirs.fileno(), control_fd),
                 stdin=subprocess.DEVNULL,
                 process_group=0,
-                env={**os.environ, "SUPERVISOR_RUN": self.run_id},
+                env={**os.environ, containment.RUN_ENV: self.run_id},
             )
         finally:
             theirs.close()
@@ -197,7 +196,6 @@ class Supervisor:
         elif verb == "spawned":
             self._spawn_replies[msg[1]] = msg[2]
         elif verb == "stopping":
-            self._stop_reason = msg[1]
             self._mark_stopping()
         elif verb == "stop_exc":
             if self._requested_exc is None:

@@ -371,9 +371,6 @@ class ChannelTable:
     def specs(self) -> tuple[ChannelSpec, ...]:
         return tuple(r.spec for r in self.routes.values())
 
-    def fds(self) -> list[int]:
-        return [fd for r in self.routes.values() for fd in r.spec.fds]
-
     def declare(self, pool: str, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
         for name in inputs:
             self.routes[name].consumers.add(pool)

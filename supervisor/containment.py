@@ -74,12 +74,12 @@ class GroupContainment:
         except OSError:
             return None
 
-    def members(self, slot: int, pid: int | None, *, strays: bool = False) -> set[int]:
-        """Live processes of the slot's tree, the worker included; ``strays``: unattributed too."""
+    def members(self, slot: int, pid: int | None) -> set[int]:
+        """Live processes of the slot's tree, the worker included."""
         roots = [pid] if pid is not None else []
         for orphan in self._orphans():
             owner = self._slot_of(orphan)
-            if owner == slot or (strays and owner is None):
+            if owner == slot:
                 roots.append(orphan)
         found: set[int] = set()
         for root in roots:
@@ -87,12 +87,12 @@ class GroupContainment:
             found.update(_platform.descendants(root))
         return {p for p in found if not _platform.is_zombie(p)}
 
-    def signal(self, slot: int, pid: int | None, sig: int, *, strays: bool = False) -> set[int]:
+    def signal(self, slot: int, pid: int | None, sig: int) -> set[int]:
         """Send ``sig`` to the slot's whole tree; returns the pids it was sent to."""
         if pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, sig)
-        targets = self.members(slot, pid, strays=strays)
+        targets = self.members(slot, pid)
         _signal_each(targets, sig)
         return targets
 
@@ -293,11 +293,11 @@ class CgroupContainment:
     def exited(self, slot: int) -> None:
         pass
 
-    def members(self, slot: int, pid: int | None, *, strays: bool = False) -> set[int]:
+    def members(self, slot: int, pid: int | None) -> set[int]:
         path = self._dir(slot)
         return cgroup_pids(path) if cgroup_populated(path) else set()
 
-    def signal(self, slot: int, pid: int | None, sig: int, *, strays: bool = False) -> set[int]:
+    def signal(self, slot: int, pid: int | None, sig: int) -> set[int]:
         targets = self.members(slot, pid)
         if sig == signal.SIGKILL:
             try:

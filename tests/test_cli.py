@@ -320,7 +320,7 @@ def test_pipeline_demo_finishes_by_itself_and_prints_throughput(env) -> None:  #
     assert "7 workers: 7 completed" in done.stdout
 
 
-def test_pipeline_interrupted_drains_upstream_first(env) -> None:  # type: ignore[no-untyped-def]
+def test_pipeline_interrupted_by_ctrl_c_ends_cleanly(env) -> None:  # type: ignore[no-untyped-def]
     proc = start("run", os.path.join(CONFIGS, "pipeline.yaml"), "--json", env=env)
     time.sleep(0.6)
     proc.send_signal(signal.SIGINT)
